@@ -1,0 +1,37 @@
+# covidseg — `make install`, then `make train`; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here: this machine serves these from local disk; GitHub's runners use
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the small CPU build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+PIP_TORCH_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+
+.PHONY: install train train-3class eval segmenter study study-quick study-gpu report test test-fast clean-cache
+
+install:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(PIP_TORCH_ARGS) $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[test]"
+
+# The default experiment: resnet18 on raw images, binary covid vs normal (see README for its cost).
+train:
+	$(BIN)/covidseg-train $(ARGS)
+
+train-3class:
+	$(BIN)/covidseg-train data=covid_cxr_3class $(ARGS)
+
+# make eval CKPT=logs/train/runs/<run>/checkpoints/best.ckpt DATA=<dataset folder>
+eval:
+	$(BIN)/covidseg-eval ckpt_path=$(CKPT) $(if $(DATA),data.root=$(DATA),) $(ARGS)
+
+test:
+	$(BIN)/python -m pytest -x -q
+
+# Without the real trainings and sweeps.
+test-fast:
+	$(BIN)/python -m pytest -x -q -m "not slow"
+
+clean-cache:
+	rm -rf $${COVIDSEG_CACHE_DIR:-$$HOME/.cache/covidseg}

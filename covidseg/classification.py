@@ -1,0 +1,166 @@
+"""Stage 2: any timm backbone as a chest X-ray classifier (LightningModule) and its metrics."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    AUROC,
+    Accuracy,
+    ConfusionMatrix,
+    F1Score,
+    Precision,
+    Recall,
+    Specificity,
+)
+
+from covidseg.errors import UserError
+
+METRIC_NAMES = ("acc", "precision", "recall", "specificity", "f1", "auroc")
+
+
+def create_backbone(name: str, pretrained: bool, num_outputs: int, in_chans: int, **kwargs: Any) -> nn.Module:
+    """timm.create_model with a readable error (and close matches) for unknown names."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+        hint = f" Did you mean {close}?" if close else " See timm.list_models() for the names."
+        raise UserError(f"model.backbone={name!r} is not a timm model.{hint}")
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy, precision, recall (sensitivity), specificity, F1 and AUROC; macro-averaged for >2 classes.
+
+    For two classes the positive class is the second one in data.classes (default: covid).
+    """
+    task: dict[str, Any] = {"task": "binary"} if num_classes == 2 else {"task": "multiclass", "num_classes": num_classes}
+    kw = task if num_classes == 2 else {**task, "average": "macro"}
+    return MetricCollection({
+        "acc": Accuracy(**task, **({} if num_classes == 2 else {"average": "micro"})),
+        "precision": Precision(**kw),
+        "recall": Recall(**kw),
+        "specificity": Specificity(**kw),
+        "f1": F1Score(**kw),
+        "auroc": AUROC(**kw),
+    })
+
+
+class Classifier(L.LightningModule):
+    """timm backbone + loss + metrics. Two classes use one logit and binary cross-entropy (as the
+    study did); more classes use softmax cross-entropy. `class_weights` (one per class) re-weight
+    the loss against class imbalance."""
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        class_names: Sequence[str] = ("normal", "covid"),
+        in_chans: int = 1,
+        drop_rate: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+        class_weights: Sequence[float] | None = None,
+        data_config: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        # The optimizer/scheduler factories are not needed to rebuild the model from a checkpoint.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.binary = self.num_classes == 2
+        self.net = create_backbone(backbone, pretrained, 1 if self.binary else self.num_classes, in_chans,
+                                   drop_rate=drop_rate)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
+        weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.train_metrics = classification_metrics(self.num_classes).clone(prefix="train/")
+        self.val_metrics = classification_metrics(self.num_classes).clone(prefix="val/")
+        self.test_metrics = classification_metrics(self.num_classes).clone(prefix="test/")
+        task = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": self.num_classes}
+        self.test_confusion = ConfusionMatrix(**task)
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes) class probabilities from the network's raw output."""
+        if self.binary:
+            p = torch.sigmoid(logits.float().squeeze(1))
+            return torch.stack([1 - p, p], dim=1)
+        return torch.softmax(logits.float(), dim=1)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            pos_weight = None
+            if self.class_weights is not None:
+                pos_weight = (self.class_weights[1] / self.class_weights[0]).reshape(1)
+            return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), target.float(), pos_weight=pos_weight)
+        return F.cross_entropy(logits.float(), target, weight=self.class_weights)
+
+    def _metric_input(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs[:, 1] if self.binary else probs
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        probs = self.probabilities(logits)
+        metrics.update(self._metric_input(probs), y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        if stage == "test":
+            self.test_confusion.update(self._metric_input(probs), y)
+            self.test_outputs.append((probs.detach().cpu(), y.detach().cpu()))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+        self.test_confusion.reset()
+
+    def _log_epoch(self, metrics: MetricCollection) -> None:
+        self.log_dict(metrics.compute(), prog_bar=False)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics)
+
+    def test_results(self) -> dict[str, Any]:
+        """The confusion matrix (rows = true class) and the per-image probabilities of the last test run."""
+        probs = torch.cat([p for p, _ in self.test_outputs]) if self.test_outputs else torch.zeros(0, self.num_classes)
+        targets = torch.cat([t for _, t in self.test_outputs]) if self.test_outputs else torch.zeros(0, dtype=torch.long)
+        return {"confusion": self.test_confusion.compute().cpu().tolist(), "probs": probs, "targets": targets}
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=0.002))
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"}}

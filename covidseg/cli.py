@@ -1,0 +1,48 @@
+"""What every Hydra entry point shares: clear errors for user mistakes, and sweeps that survive a failed job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from covidseg.errors import UserError
+
+log = logging.getLogger("covidseg")
+
+FAILED_FILE = "failed.json"
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run one job. A UserError ends a single run with its message (exit 2), no traceback.
+
+    In a multirun, any failure is written to `<job dir>/failed.json` (error + traceback) and the
+    sweep goes on with the next job; `covidseg-report` lists failed jobs.
+    """
+    try:
+        return task(cfg)
+    except Exception as err:  # noqa: BLE001 - recorded, then re-raised or reported
+        if not in_multirun():
+            if isinstance(err, UserError):
+                log.error("%s", err)
+                raise SystemExit(2) from None
+            raise
+        record = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        (run_dir() / FAILED_FILE).write_text(json.dumps(record, indent=2))
+        log.error("Job failed, sweep continues (details in %s): %s", run_dir() / FAILED_FILE, record["error"])
+        return None

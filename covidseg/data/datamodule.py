@@ -1,0 +1,231 @@
+"""The classification DataModule: manifest -> patient split -> cached arrays -> (masks) -> tensors.
+
+Everything up to the tensors is done once in `setup`; the whole (small) dataset then lives in memory
+as uint8, so epochs cost only augmentation and the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from covidseg.data.images import ImageCache
+from covidseg.data.manifest import read_manifest, select_classes, stratified_subset
+from covidseg.data.split import SPLITS, check_no_leakage, read_split_file, split_by_patient, write_splits
+from covidseg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+INPUT_MODES = ("raw", "segmented", "lungs_removed")
+BALANCE_MODES = ("weighted_loss", "sampler", "none")
+
+
+class XrayDataset(Dataset):
+    """In-memory uint8 images (N, H, W) and targets; normalised float tensors (1, H, W) out."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, mean: float, std: float,
+                 transform: v2.Transform | None = None):
+        self.images = torch.from_numpy(images).unsqueeze(1)
+        self.targets = torch.from_numpy(targets.astype(np.int64))
+        self.mean, self.std = mean, std
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index].float().div_(255.0)
+        if self.transform is not None:
+            image = self.transform(image).clamp_(0.0, 1.0)
+        return (image - self.mean) / self.std, self.targets[index]
+
+
+def build_augmentation(rotation: float = 0.0, translate: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
+                       brightness: float = 0.0, contrast: float = 0.0, hflip: bool = False) -> v2.Transform | None:
+    """Light geometric + intensity augmentation. No horizontal flip unless asked: laterality matters."""
+    steps: list[v2.Transform] = []
+    if rotation or translate or tuple(scale) != (1.0, 1.0):
+        steps.append(v2.RandomAffine(degrees=rotation, translate=(translate, translate) if translate else None,
+                                     scale=tuple(scale)))
+    if brightness or contrast:
+        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps) if steps else None
+
+
+class CXRDataModule(L.LightningDataModule):
+    """Chest X-ray classification data, raw or lung-masked, split by patient.
+
+    `evaluate_on` is for evaluation runs: `all` puts every image into the test set (no split),
+    `train`/`val`/`test` keep only that split of `split_file`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        classes: Sequence[str] = ("normal", "covid"),
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        limit: int | None = None,
+        seed: int = 0,
+        split_ratios: Mapping[str, float] | None = None,
+        split_file: str | None = None,
+        evaluate_on: str | None = None,
+        on_unknown_label: str = "drop",
+        on_bad_image: str = "error",
+        balance: str = "weighted_loss",
+        augment: Mapping[str, Any] | None = None,
+        mean: float = 0.5,
+        std: float = 0.25,
+        input: str = "raw",
+        crop_to_lungs: bool = False,
+        crop_margin: float = 0.05,
+        cache_dir: str | None = None,
+        masks: Any = None,
+    ):
+        super().__init__()
+        if input not in INPUT_MODES:
+            raise UserError(f"data.input must be one of {INPUT_MODES}, got {input!r}.")
+        if balance not in BALANCE_MODES:
+            raise UserError(f"data.balance must be one of {BALANCE_MODES}, got {balance!r}.")
+        if evaluate_on not in (None, "all", *SPLITS):
+            raise UserError(f"evaluate_on must be null, 'all' or one of {SPLITS}, got {evaluate_on!r}.")
+        self.root = Path(root)
+        self.classes = list(classes)
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.limit = int(limit) if limit else None
+        self.seed = int(seed)
+        self.split_ratios = dict(split_ratios or {"train": 0.7, "test": 0.2, "val": 0.1})
+        self.split_file = split_file
+        self.evaluate_on = evaluate_on
+        self.on_unknown_label = on_unknown_label
+        self.on_bad_image = on_bad_image
+        self.balance = balance
+        self.augmentation = build_augmentation(**dict(augment or {}))
+        self.mean, self.std = float(mean), float(std)
+        self.input = input
+        self.crop_to_lungs = bool(crop_to_lungs)
+        self.crop_margin = float(crop_margin)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.masks = masks  # a covidseg.masks.MaskSource, needed unless input == raw
+        self.table: pd.DataFrame | None = None
+        self.stats: dict[str, Any] = {}
+        self.datasets: dict[str, XrayDataset] = {}
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        table = read_manifest(self.root)
+        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=str(self.root))
+        if self.limit:
+            table = stratified_subset(table, self.limit, self.seed)
+        from covidseg.paths import cache_dir
+
+        cache = ImageCache(self.cache_dir or cache_dir(), self.image_size)
+        images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
+        if skipped:
+            log.warning("Skipped %d unreadable image(s): %s", len(skipped), list(table["path"].iloc[skipped]))
+        skipped_paths = list(table["path"].iloc[skipped])
+        table = table.drop(index=table.index[skipped]).reset_index(drop=True)
+        table["digest"] = digests
+        table["split"] = self._assign_splits(table)
+        if self.evaluate_on:
+            used = (table["split"] != "unused").to_numpy()
+            table, images = table[used].reset_index(drop=True), images[used]
+        check_no_leakage(table)
+        self.stats = {
+            "dropped_labels": dropped,
+            "skipped_images": skipped_paths,
+            "image_cache_hits": cache.hits,
+            "image_cache_misses": cache.misses,
+            **{f"n_{s}": int((table["split"] == s).sum()) for s in SPLITS},
+            **{f"patients_{s}": int(table.loc[table["split"] == s, "patient_id"].nunique()) for s in SPLITS},
+        }
+        if self.input != "raw":
+            images = self._apply_masks(images, list(table["file"]), list(table["digest"]))
+        self.table = table
+        for split in SPLITS:
+            rows = (table["split"] == split).to_numpy()
+            transform = self.augmentation if split == "train" and not self.evaluate_on else None
+            self.datasets[split] = XrayDataset(images[rows], table.loc[rows, "target"].to_numpy(),
+                                               self.mean, self.std, transform)
+        log.info("Data %s: %s", self.root, {k: v for k, v in self.stats.items() if k.startswith(("n_", "patients_"))})
+
+    def _assign_splits(self, table: pd.DataFrame) -> pd.Series:
+        if self.evaluate_on == "all":
+            return pd.Series("test", index=table.index, name="split")
+        if self.split_file:
+            splits = read_split_file(self.split_file, table)
+        else:
+            splits = split_by_patient(table, self.split_ratios, self.seed)
+        if self.evaluate_on:  # keep only the asked-for split, evaluated as "test"
+            splits = splits.where(splits == self.evaluate_on, "unused").replace(self.evaluate_on, "test")
+        return splits
+
+    def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
+        if self.masks is None:
+            raise UserError(f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`).")
+        from covidseg.masks import apply_masks
+
+        masks = self.masks.masks_for(files, digests, self.image_size)
+        self.stats.update(self.masks.stats())
+        return apply_masks(images, masks, self.input, self.crop_to_lungs, self.crop_margin)
+
+    # -- what the model and entry points need -----------------------------------------------------
+    def class_counts(self, split: str = "train") -> list[int]:
+        targets = self.datasets[split].targets
+        return [int((targets == i).sum()) for i in range(len(self.classes))]
+
+    def class_weights(self) -> list[float] | None:
+        """Inverse-frequency weights of the training classes (mean 1), if data.balance=weighted_loss."""
+        if self.balance != "weighted_loss":
+            return None
+        counts = np.array(self.class_counts("train"), dtype=float)
+        if (counts == 0).any():
+            missing = [c for c, n in zip(self.classes, counts) if n == 0]
+            raise UserError(f"The training split has no image of class {missing}; use more data (data.limit).")
+        weights = counts.sum() / (len(counts) * counts)
+        return weights.tolist()
+
+    def write_splits(self, path: str | Path) -> None:
+        write_splits(self.table, path)
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool = False, sampler: Any = None) -> DataLoader:
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
+            raise UserError(f"The {split} split is empty ({self.stats}); use more data or other split ratios.")
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.balance == "sampler":
+            counts = np.array(self.class_counts("train"), dtype=float)
+            weights = (1.0 / counts)[self.datasets["train"].targets.numpy()]
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), generator=generator)
+            return self._loader("train", sampler=sampler)
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")

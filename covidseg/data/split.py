@@ -1,0 +1,90 @@
+"""Patient-level, label-stratified train/val/test splits, and the leakage check every run passes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from covidseg.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int) -> pd.Series:
+    """Assign every row to train/val/test so that no patient spans two splits.
+
+    Patients are grouped by their (most frequent) label; within each label they are shuffled with
+    `seed` and dealt, largest image count first, to the split furthest below its share of that
+    label's images. Deterministic for a given table and seed.
+    """
+    shares = _normalised(ratios)
+    rng = np.random.default_rng(seed)
+    per_patient = table.groupby("patient_id")["label"].agg(lambda s: s.value_counts().index[0])
+    sizes = table.groupby("patient_id").size()
+    assignment: dict[str, str] = {}
+    for label in sorted(per_patient.unique()):
+        patients = np.array(sorted(per_patient.index[per_patient == label]))
+        rng.shuffle(patients)
+        # Stable sort by size keeps the shuffled order among equals, so big patients are placed first.
+        patients = sorted(patients, key=lambda p: -int(sizes[p]))
+        total = int(sizes[patients].sum())
+        filled = {s: 0 for s in SPLITS}
+        for p in patients:
+            # Deficit relative to target: the split that is most behind its share gets the patient.
+            split = max(SPLITS, key=lambda s: (shares[s] * total - filled[s], shares[s]))
+            assignment[p] = split
+            filled[split] += int(sizes[p])
+    return table["patient_id"].map(assignment).rename("split")
+
+
+def _normalised(ratios: Mapping[str, float]) -> dict[str, float]:
+    unknown = set(ratios) - set(SPLITS)
+    if unknown or any(float(ratios.get(s, 0)) < 0 for s in SPLITS) or sum(ratios.values()) <= 0:
+        raise UserError(f"data.split_ratios must give non-negative train/val/test shares, got {dict(ratios)}.")
+    total = float(sum(ratios.values()))
+    return {s: float(ratios.get(s, 0)) / total for s in SPLITS}
+
+
+def check_no_leakage(table: pd.DataFrame) -> None:
+    """Refuse a split in which any patient appears in more than one split."""
+    spans = table.groupby("patient_id")["split"].nunique()
+    leaked = spans[spans > 1]
+    if len(leaked):
+        examples = {p: sorted(table.loc[table["patient_id"] == p, "split"].unique()) for p in leaked.index[:3]}
+        raise UserError(
+            f"Patient leakage: {len(leaked)} patient(s) appear in more than one split, e.g. {examples}. "
+            "Images of one patient must all be in the same split; fix the split file or let covidseg split."
+        )
+
+
+def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
+    """Splits from a user's CSV with columns `path,split` (paths as in the dataset's metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Split file {path} does not exist. Give data.split_file=<csv with path,split> or null.")
+    given = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"path", "split"} <= set(given.columns):
+        raise UserError(f"{path} needs columns path,split; it has {list(given.columns)}.")
+    bad = sorted(set(given["split"]) - set(SPLITS))
+    if bad:
+        raise UserError(f"{path}: split values must be train/val/test, found {bad}.")
+    duplicated = given["path"][given["path"].duplicated()]
+    if len(duplicated):
+        raise UserError(f"{path}: path(s) listed twice, e.g. {list(duplicated[:3])}. List each image once.")
+    mapping = dict(zip(given["path"], given["split"]))
+    unassigned = [p for p in table["path"] if p not in mapping]
+    if unassigned:
+        raise UserError(
+            f"{path} gives no split for {len(unassigned)} image(s) of the dataset, e.g. {unassigned[:3]}. "
+            "Every image used must be listed (or leave it out of the dataset)."
+        )
+    return table["path"].map(mapping).rename("split")
+
+
+def write_splits(table: pd.DataFrame, path: str | Path) -> None:
+    """The run's `splits.csv`: one row per image with its split (re-usable as data.split_file)."""
+    columns = ["path", "label", "patient_id", "split"]
+    table[columns].to_csv(path, index=False)
