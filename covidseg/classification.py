@@ -27,12 +27,17 @@ from covidseg.errors import UserError
 METRIC_NAMES = ("acc", "precision", "recall", "specificity", "f1", "auroc")
 
 
-def create_backbone(name: str, pretrained: bool, num_outputs: int, in_chans: int, **kwargs: Any) -> nn.Module:
-    """timm.create_model with a readable error (and close matches) for unknown names."""
+def check_backbone(name: str) -> None:
+    """Fail fast, with close matches, on a name timm does not know."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
         hint = f" Did you mean {close}?" if close else " See timm.list_models() for the names."
         raise UserError(f"model.backbone={name!r} is not a timm model.{hint}")
+
+
+def create_backbone(name: str, pretrained: bool, num_outputs: int, in_chans: int, **kwargs: Any) -> nn.Module:
+    """timm.create_model with a readable error for unknown names."""
+    check_backbone(name)
     return timm.create_model(name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)
 
 

@@ -28,6 +28,15 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def user_error(err: BaseException) -> UserError | None:
+    """The UserError behind `err`, also when Hydra's instantiate wrapped it."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run one job. A UserError ends a single run with its message (exit 2), no traceback.
 
@@ -38,8 +47,9 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return task(cfg)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or reported
         if not in_multirun():
-            if isinstance(err, UserError):
-                log.error("%s", err)
+            cause = user_error(err)
+            if cause is not None:
+                log.error("%s", cause)
                 raise SystemExit(2) from None
             raise
         record = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.classification import METRIC_NAMES, Classifier
+from covidseg.classification import METRIC_NAMES, Classifier, check_backbone
 from covidseg.cli import in_multirun, run_dir, run_job
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.paths import CONF_DIR, register_resolvers
@@ -67,10 +67,12 @@ def test_and_write(trainer: L.Trainer, model: Classifier, datamodule: CXRDataMod
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One classifier run, as configured; returns what it wrote to metrics.json."""
     out_dir = run_dir()
+    check_backbone(cfg.model.backbone)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: CXRDataModule = instantiate(cfg.data, masks=build_mask_source(cfg))
     datamodule.setup("fit")
     datamodule.write_splits(out_dir / "splits.csv")
+    datamodule.write_mask_report(out_dir)
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     data_config.pop("_target_")  # a plain record in the checkpoint, not something to instantiate
     data_config["segmenter"] = OmegaConf.to_container(cfg.segmenter, resolve=True)

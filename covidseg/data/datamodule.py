@@ -22,6 +22,7 @@ from covidseg.data.images import ImageCache
 from covidseg.data.manifest import read_manifest, select_classes, stratified_subset
 from covidseg.data.split import SPLITS, check_no_leakage, read_split_file, split_by_patient, write_splits
 from covidseg.errors import UserError
+from covidseg.paths import cache_dir as default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class CXRDataModule(L.LightningDataModule):
         self.table: pd.DataFrame | None = None
         self.stats: dict[str, Any] = {}
         self.datasets: dict[str, XrayDataset] = {}
+        self.unmasked_images: np.ndarray | None = None
+        self.lung_masks: np.ndarray | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -133,23 +136,22 @@ class CXRDataModule(L.LightningDataModule):
         table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=str(self.root))
         if self.limit:
             table = stratified_subset(table, self.limit, self.seed)
-        from covidseg.paths import cache_dir
-
-        cache = ImageCache(self.cache_dir or cache_dir(), self.image_size)
+        table["split"] = self._assign_splits(table)
+        unused = int((table["split"] == "unused").sum())
+        table = table[table["split"] != "unused"].reset_index(drop=True)
+        # Cropping to the lungs enlarges the crop again, so load at twice the size to keep detail.
+        load_size = self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
+        cache = ImageCache(self.cache_dir or default_cache_dir(), load_size)
         images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
-        if skipped:
-            log.warning("Skipped %d unreadable image(s): %s", len(skipped), list(table["path"].iloc[skipped]))
         skipped_paths = list(table["path"].iloc[skipped])
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
         table["digest"] = digests
-        table["split"] = self._assign_splits(table)
-        if self.evaluate_on:
-            used = (table["split"] != "unused").to_numpy()
-            table, images = table[used].reset_index(drop=True), images[used]
         check_no_leakage(table)
         self.stats = {
             "dropped_labels": dropped,
             "skipped_images": skipped_paths,
+            "n_skipped_images": len(skipped_paths),
+            "n_unused_images": unused,
             "image_cache_hits": cache.hits,
             "image_cache_misses": cache.misses,
             **{f"n_{s}": int((table["split"] == s).sum()) for s in SPLITS},
@@ -181,9 +183,16 @@ class CXRDataModule(L.LightningDataModule):
             raise UserError(f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`).")
         from covidseg.masks import apply_masks
 
-        masks = self.masks.masks_for(files, digests, self.image_size)
+        masks = self.masks.masks_for(files, digests, size=images.shape[-1])
         self.stats.update(self.masks.stats())
-        return apply_masks(images, masks, self.input, self.crop_to_lungs, self.crop_margin)
+        self.unmasked_images, self.lung_masks = images, masks  # kept for the mask quality report and CAMs
+        return apply_masks(images, masks, self.input, self.crop_to_lungs, self.crop_margin,
+                           background=self.masks.background, out_size=self.image_size)
+
+    def write_mask_report(self, out_dir: str | Path) -> None:
+        """mask_stats.csv + masks_overview.png for the masks this run used (segmented input only)."""
+        if self.masks is not None and self.lung_masks is not None:
+            self.masks.quality_report(self.table, self.unmasked_images, self.lung_masks, out_dir, seed=self.seed)
 
     # -- what the model and entry points need -----------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from covidseg.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -61,7 +64,10 @@ def check_no_leakage(table: pd.DataFrame) -> None:
 
 
 def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
-    """Splits from a user's CSV with columns `path,split` (paths as in the dataset's metadata)."""
+    """Splits from a user's CSV with columns `path,split` (paths as in the dataset's metadata).
+
+    Images the file does not list get split "unused" (logged); rows naming unknown images are ignored.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Split file {path} does not exist. Give data.split_file=<csv with path,split> or null.")
@@ -75,13 +81,11 @@ def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
     if len(duplicated):
         raise UserError(f"{path}: path(s) listed twice, e.g. {list(duplicated[:3])}. List each image once.")
     mapping = dict(zip(given["path"], given["split"]))
-    unassigned = [p for p in table["path"] if p not in mapping]
-    if unassigned:
-        raise UserError(
-            f"{path} gives no split for {len(unassigned)} image(s) of the dataset, e.g. {unassigned[:3]}. "
-            "Every image used must be listed (or leave it out of the dataset)."
-        )
-    return table["path"].map(mapping).rename("split")
+    unlisted = [p for p in table["path"] if p not in mapping]
+    if unlisted:
+        log.warning("%s gives no split for %d image(s) of the dataset (not used), e.g. %s",
+                    path, len(unlisted), unlisted[:3])
+    return table["path"].map(mapping).fillna("unused").rename("split")
 
 
 def write_splits(table: pd.DataFrame, path: str | Path) -> None:

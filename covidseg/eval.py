@@ -1,0 +1,92 @@
+"""covidseg-eval: test a trained classifier checkpoint on any dataset folder (e.g. another hospital's)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from covidseg.classification import Classifier
+from covidseg.cli import run_dir, run_job
+from covidseg.data.datamodule import CXRDataModule
+from covidseg.errors import UserError
+from covidseg.paths import CONF_DIR, register_resolvers
+from covidseg.train import test_and_write
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def load_classifier(ckpt_path: str | Path) -> Classifier:
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"Checkpoint {path} does not exist. Give ckpt_path=<train run>/checkpoints/best.ckpt.")
+    try:
+        return Classifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(f"{path} is not a covidseg classifier checkpoint ({err}).") from err
+
+
+def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: str | None) -> CXRDataModule:
+    """The training run's preprocessing (size, normalisation, input mode) on the data asked for."""
+    trained = dict(model.hparams.data_config or {})
+    if data.split != "all" and not data.split_file:
+        raise UserError(f"data.split={data.split} needs data.split_file (e.g. <train run>/splits.csv).")
+    masks = None
+    if trained.get("input", "raw") != "raw":
+        from covidseg.masks import MaskSource
+
+        segmenter = OmegaConf.create(trained["segmenter"])
+        if segmenter_ckpt:
+            segmenter.ckpt_path = segmenter_ckpt
+        masks = MaskSource.from_config(segmenter, cache_dir=data.cache_dir)
+    return CXRDataModule(
+        root=data.root or trained["root"],
+        classes=model.class_names,
+        image_size=trained.get("image_size", 224),
+        batch_size=data.batch_size,
+        split_file=data.split_file,
+        evaluate_on=data.split,
+        on_unknown_label=data.on_unknown_label,
+        on_bad_image=data.on_bad_image,
+        mean=trained.get("mean", 0.5),
+        std=trained.get("std", 0.25),
+        input=trained.get("input", "raw"),
+        crop_to_lungs=trained.get("crop_to_lungs", False),
+        crop_margin=trained.get("crop_margin", 0.05),
+        cache_dir=data.cache_dir,
+        masks=masks,
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    model = load_classifier(cfg.ckpt_path)
+    datamodule = evaluation_datamodule(model, cfg.data, cfg.segmenter.ckpt_path)
+    datamodule.setup("test")
+    trainer: L.Trainer = instantiate(cfg.trainer)
+    extra = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "data_root": str(datamodule.root),
+        "backbone": model.hparams.backbone,
+        "input": datamodule.input,
+        "seed": (model.hparams.data_config or {}).get("seed"),
+        "evaluated_split": cfg.data.split,
+    }
+    metrics = test_and_write(trainer, model, datamodule, run_dir(), None, extra)
+    log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
+    log.info("Wrote %s", run_dir() / "metrics.json")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_job(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

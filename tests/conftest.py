@@ -1,0 +1,75 @@
+"""Shared fixtures. Real data comes from $COVIDSEG_DATA_DIR (default ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covidseg.paths import data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_dirs(tmp_path_factory):
+    """Caches and logs of the test session go to a temporary folder, never the user's."""
+    base = tmp_path_factory.mktemp("covidseg")
+    os.environ["COVIDSEG_CACHE_DIR"] = str(base / "cache")
+    os.environ["COVIDSEG_LOG_DIR"] = str(base / "logs")
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    yield base
+
+
+@pytest.fixture(scope="session")
+def covid_cxr() -> Path:
+    root = data_dir() / "covid-cxr"
+    if not (root / "metadata.csv").is_file():
+        pytest.fail(f"Real data not found at {root}: set COVIDSEG_DATA_DIR to the folder holding covid-cxr/ and lungs/.")
+    return root
+
+
+@pytest.fixture(scope="session")
+def lungs() -> Path:
+    root = data_dir() / "lungs"
+    if not (root / "metadata.csv").is_file():
+        pytest.fail(f"Real data not found at {root}: set COVIDSEG_DATA_DIR to the folder holding covid-cxr/ and lungs/.")
+    return root
+
+
+def make_dataset(folder: Path, labels: dict[str, int], patients_per_label: int | None = None,
+                 size: int = 32, seed: int = 0) -> Path:
+    """A small generated dataset (metadata.csv + PNGs). Two images per patient unless told otherwise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, n in labels.items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            patient = f"{label}-{i // 2 if patients_per_label is None else i % patients_per_label}"
+            path = f"{label}/{i}.png"
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / path)
+            rows.append({"path": path, "label": label, "patient_id": patient, "site": "generated"})
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    return folder
+
+
+def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a covidseg console script as a user would; output is kept for assertions and failures."""
+    command = [str(BIN / args[0]), *args[1:]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def read_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())

@@ -1,0 +1,127 @@
+"""Image decoding conventions and the documented error (or skip) for each kind of bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covidseg.data.datamodule import CXRDataModule
+from covidseg.data.images import ImageCache, decode
+from covidseg.data.manifest import read_manifest, select_classes
+from covidseg.errors import UserError
+from tests.conftest import make_dataset
+
+GRADIENT = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))  # 48 x 64, not square
+
+
+def _save(tmp_path, name, image):
+    path = tmp_path / name
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "1", "JPEG"])
+def test_every_image_mode_becomes_square_uint8_gray(tmp_path, mode):
+    if mode == "I;16":
+        image = Image.fromarray((GRADIENT.astype(np.uint16) * 16 + 1000))  # 12-bit range, offset
+    elif mode == "JPEG":
+        image = Image.fromarray(GRADIENT).convert("RGB")
+    elif mode == "1":
+        image = Image.fromarray(GRADIENT).convert("1")
+    else:
+        image = Image.fromarray(GRADIENT).convert(mode)
+    path = _save(tmp_path, "x.jpg" if mode == "JPEG" else "x.png", image)
+    array = decode(path, 32)
+    assert array.shape == (32, 32) and array.dtype == np.uint8
+    if mode != "1":
+        # left-to-right gradient survives and spans (nearly) the full range
+        assert array[:, 0].mean() < 20 and array[:, -1].mean() > 235
+        assert (np.diff(array.mean(axis=0)) >= -1).all()
+
+
+def test_transparent_pixels_become_black(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[:4, :, 3] = 255  # top half opaque white, bottom half transparent white
+    array = decode(_save(tmp_path, "a.png", Image.fromarray(rgba, "RGBA")), 8)
+    assert (array[:4] == 255).all() and (array[4:] == 0).all()
+
+
+def test_cache_hits_on_second_read_and_keys_by_content(tmp_path):
+    path = _save(tmp_path, "x.png", Image.fromarray(GRADIENT))
+    cache = ImageCache(tmp_path / "cache", 16)
+    first, digest = cache.load(path)
+    again, _ = cache.load(path)
+    assert (cache.misses, cache.hits) == (1, 1)
+    np.testing.assert_array_equal(first, again)
+    Image.fromarray(255 - GRADIENT).save(path)  # edited in place: must miss
+    changed, new_digest = cache.load(path)
+    assert new_digest != digest and cache.misses == 2
+    assert not np.array_equal(first, changed)
+
+
+def test_missing_root_names_the_folder(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_manifest(tmp_path / "nowhere")
+
+
+def test_csv_missing_columns(tmp_path):
+    (tmp_path / "metadata.csv").write_text("file,label\na.png,covid\n")
+    with pytest.raises(UserError, match=r"lacks column\(s\) \['path', 'patient_id'\]"):
+        read_manifest(tmp_path)
+
+
+def test_missing_image_files_are_listed(tmp_path):
+    make_dataset(tmp_path, {"normal": 2, "covid": 2})
+    (tmp_path / "covid" / "1.png").unlink()
+    with pytest.raises(UserError, match=r"1 image file\(s\).*covid/1.png"):
+        read_manifest(tmp_path)
+
+
+def test_unknown_label_dropped_and_counted_or_error(tmp_path):
+    make_dataset(tmp_path, {"normal": 4, "covid": 4, "tb": 3})
+    table = read_manifest(tmp_path)
+    kept, dropped = select_classes(table, ["normal", "covid"], "drop")
+    assert dropped == {"tb": 3} and len(kept) == 8
+    assert list(kept.drop_duplicates("label")["target"]) == [0, 1]
+    with pytest.raises(UserError, match="tb"):
+        select_classes(table, ["normal", "covid"], "error")
+    with pytest.raises(UserError, match="no image has label"):
+        select_classes(table, ["normal", "Covid"], "drop")
+
+
+def test_class_folders_without_csv(tmp_path):
+    make_dataset(tmp_path, {"normal": 3, "covid": 2})
+    (tmp_path / "metadata.csv").unlink()
+    table = read_manifest(tmp_path)
+    assert sorted(table["label"].unique()) == ["covid", "normal"]
+    assert set(table["patient_id"]) == {"0", "1", "2"}  # file stems
+
+
+def _datamodule(root, tmp_path, **kw):
+    return CXRDataModule(root=str(root), image_size=16, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_unreadable_image_errors_or_is_skipped_and_counted(tmp_path):
+    data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
+    (data / "covid" / "3.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"covid/3.png.*data.on_bad_image=skip"):
+        _datamodule(data, tmp_path).setup()
+    dm = _datamodule(data, tmp_path, on_bad_image="skip")
+    dm.setup()
+    assert dm.stats["skipped_images"] == ["covid/3.png"] and dm.stats["n_skipped_images"] == 1
+    assert sum(dm.stats[f"n_{s}"] for s in ("train", "val", "test")) == 39
+
+
+def test_datamodule_tensors_and_class_weights(tmp_path):
+    data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 10})
+    dm = _datamodule(data, tmp_path, batch_size=4)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 1, 16, 16) and x.dtype.is_floating_point
+    counts = dm.class_counts("train")
+    weights = dm.class_weights()
+    assert weights[1] / weights[0] == pytest.approx(counts[0] / counts[1])
+    assert _datamodule(data, tmp_path, balance="none").class_weights() is None
+    table = pd.read_csv(data / "metadata.csv")
+    assert "site" in read_manifest(data).columns and len(table) == 40  # extra columns are kept

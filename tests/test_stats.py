@@ -1,0 +1,143 @@
+"""covidseg.stats against hand-computed values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidseg import stats
+
+
+def test_mean_ci_hand_computed():
+    r = stats.mean_ci([1, 2, 3, 4, 5])
+    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)
+    assert r["n"] == 5
+    assert r["mean"] == pytest.approx(3.0)
+    assert r["std"] == pytest.approx(math.sqrt(2.5))
+    assert r["ci_low"] == pytest.approx(3.0 - half, abs=1e-5)
+    assert r["ci_high"] == pytest.approx(3.0 + half, abs=1e-5)
+
+
+def test_mean_ci_drops_nan_and_single_value():
+    r = stats.mean_ci([1.0, float("nan"), 2.0, 3.0, 4.0, 5.0])
+    assert r["n"] == 5 and r["mean"] == pytest.approx(3.0)
+    one = stats.mean_ci([0.7, float("nan")])
+    assert one["n"] == 1 and one["mean"] == pytest.approx(0.7)
+    assert math.isnan(one["std"]) and math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
+    assert math.isnan(stats.mean_ci([])["mean"])
+
+
+def test_paired_difference_hand_computed():
+    a = [0.80, 0.82, 0.78, 0.85]
+    b = [0.84, 0.83, 0.83, 0.87]
+    d = np.array([0.04, 0.01, 0.05, 0.02])  # b - a
+    mean, sd = d.mean(), math.sqrt(((d - d.mean()) ** 2).sum() / 3)  # 0.03, sqrt(0.001/3)
+    t = mean / (sd / math.sqrt(4))  # = 3.286335...
+    r = stats.paired_difference(a, b)
+    assert r["n"] == 4
+    assert r["differences"] == pytest.approx(d.tolist())
+    assert r["mean_diff"] == pytest.approx(0.03)
+    assert r["std_diff"] == pytest.approx(sd)
+    assert r["t_stat"] == pytest.approx(t)
+    assert r["t_stat"] == pytest.approx(3.2863353, abs=1e-6)
+    half = 3.182446 * sd / 2  # t_{0.975,3}
+    assert r["ci_low"] == pytest.approx(0.03 - half, abs=1e-6)
+    assert r["ci_high"] == pytest.approx(0.03 + half, abs=1e-6)
+    assert 0.04 < r["p_value"] < 0.05  # two-sided p for t=3.286, df=3 is 0.0462
+
+
+def test_paired_difference_edge_cases():
+    same = stats.paired_difference([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert same["mean_diff"] == 0.0 and same["p_value"] == 1.0
+    single = stats.paired_difference([0.5], [0.6])
+    assert math.isnan(single["p_value"]) and single["mean_diff"] == pytest.approx(0.1)
+    dropped = stats.paired_difference([0.5, float("nan"), 0.7], [0.6, 0.9, 0.8])
+    assert dropped["n"] == 2
+    with pytest.raises(ValueError):
+        stats.paired_difference([1, 2], [1, 2, 3])
+
+
+def test_binary_metrics_small_example():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    p = np.array([0.9, 0.6, 0.4, 0.2, 0.7, 0.1, 0.5, 0.8])
+    # predictions at 0.5: 1 1 0 0 1 0 1 1 -> TP=3 (idx 0,1,7), FN=1 (idx 2), FP=2 (idx 4,6), TN=2 (idx 3,5)
+    assert stats.accuracy(y, p) == pytest.approx(5 / 8)
+    assert stats.precision(y, p) == pytest.approx(3 / 5)
+    assert stats.recall(y, p) == pytest.approx(3 / 4)
+    assert stats.specificity(y, p) == pytest.approx(2 / 4)
+    assert stats.f1(y, p) == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
+    assert stats.precision([0, 0], [0.1, 0.2]) == 0.0  # nothing predicted positive
+    assert stats.recall(y, p, threshold=0.95) == 0.0
+
+
+def _brute_force_auc(y, p):
+    pos = [s for s, t in zip(p, y) if t == 1]
+    neg = [s for s, t in zip(p, y) if t == 0]
+    score = sum(1.0 if sp > sn else 0.5 if sp == sn else 0.0 for sp, sn in itertools.product(pos, neg))
+    return score / (len(pos) * len(neg))
+
+
+def test_auroc_matches_pair_count():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    p = np.round(rng.random(40), 1)  # rounding makes ties
+    assert stats.auroc(y, p) == pytest.approx(_brute_force_auc(y, p))
+    assert stats.auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert math.isnan(stats.auroc([1, 1], [0.2, 0.3]))
+
+
+def _predictions(prob_covid: np.ndarray, target: np.ndarray, patients: np.ndarray) -> pd.DataFrame:
+    labels = np.where(target == 1, "covid", "normal")
+    return pd.DataFrame({
+        "path": [f"{lab}/{i}.png" for i, lab in enumerate(labels)],
+        "label": labels,
+        "patient_id": patients,
+        "prob_normal": 1.0 - prob_covid,
+        "prob_covid": prob_covid,
+        "target": target.astype(int),
+    })
+
+
+@pytest.fixture
+def test_set():
+    rng = np.random.default_rng(0)
+    target = np.repeat([0, 1], 40)
+    patients = np.array([f"p{i // 2}" for i in range(80)])  # two images per patient
+    return rng, target, patients
+
+
+def test_bootstrap_identical_predictions(test_set):
+    rng, target, patients = test_set
+    a = _predictions(rng.random(80), target, patients)
+    r = stats.bootstrap_patient_difference(a, a.sample(frac=1.0, random_state=1), "auroc", n_boot=200)
+    assert r["observed"] == 0.0 and r["ci_low"] == 0.0 and r["ci_high"] == 0.0
+    assert r["p_value"] == 1.0
+    assert r["n_patients"] == 40 and r["n_images"] == 80
+
+
+def test_bootstrap_perfect_vs_random(test_set):
+    rng, target, patients = test_set
+    a = _predictions(rng.random(80), target, patients)
+    b = _predictions(np.where(target == 1, 0.9, 0.1), target, patients)
+    r = stats.bootstrap_patient_difference(a, b, "accuracy", n_boot=300, seed=1)
+    assert r["metric_b"] == 1.0
+    assert r["observed"] == pytest.approx(1.0 - r["metric_a"])
+    assert r["observed"] > 0 and r["ci_low"] > 0
+    assert r["p_value"] < 0.01
+    # a callable on the frame gives the same answer as the named metric
+    r2 = stats.bootstrap_patient_difference(
+        a, b, lambda f: stats.accuracy(f["target"], f["prob_covid"]), n_boot=300, seed=1)
+    assert r2["ci_low"] == pytest.approx(r["ci_low"]) and r2["p_value"] == pytest.approx(r["p_value"])
+
+
+def test_bootstrap_rejects_different_images(test_set):
+    rng, target, patients = test_set
+    a = _predictions(rng.random(80), target, patients)
+    with pytest.raises(ValueError, match="same test images"):
+        stats.bootstrap_patient_difference(a, a.iloc[1:], "auroc", n_boot=10)
+    with pytest.raises(ValueError, match="Unknown metric"):
+        stats.bootstrap_patient_difference(a, a, "dice", n_boot=10)

@@ -1,0 +1,101 @@
+"""Real tiny trainings through the console scripts, as a user runs them."""
+
+import glob
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_dataset, read_metrics, run_cli
+
+CONTRACT_FLOATS = ["test/acc", "test/precision", "test/recall", "test/specificity", "test/f1", "test/auroc"]
+TINY = ["data.limit=60", "data.image_size=64", "data.batch_size=16", "trainer.max_epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, covid_cxr) -> Path:
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    run_cli("covidseg-train", *TINY, "model.backbone=resnet18", "logger=wandb", "seed=1", f"hydra.run.dir={run}")
+    return run
+
+
+@pytest.mark.slow
+def test_tiny_training_meets_the_run_directory_contract(tiny_run):
+    for name in [".hydra/config.yaml", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 "metrics.json", "predictions.csv"]:
+        assert (tiny_run / name).is_file(), name
+    metrics = read_metrics(tiny_run)
+    for key in CONTRACT_FLOATS:
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
+    confusion = metrics["test/confusion"]
+    assert len(confusion) == 2 and sum(map(sum, confusion)) == metrics["n_test"]
+    assert metrics["backbone"] == "resnet18" and metrics["input"] == "raw" and metrics["seed"] == 1
+    assert metrics["n_train"] > metrics["n_test"] > metrics["n_val"] > 0
+    assert 0 <= metrics["best_epoch"] < 2 and metrics["train_seconds"] > 0
+    assert metrics["dropped_labels"] == {"pneumonia": 500}
+    splits = pd.read_csv(tiny_run / "splits.csv")
+    assert splits.groupby("patient_id")["split"].nunique().max() == 1
+    assert len(splits) == metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
+
+
+@pytest.mark.slow
+def test_csv_and_offline_wandb_loggers_write_their_files(tiny_run):
+    curves = pd.read_csv(tiny_run / "csv" / "metrics.csv")
+    per_epoch = curves.dropna(subset=["val/acc"])
+    assert list(per_epoch["epoch"]) == [0, 1]
+    assert curves["train/loss"].notna().sum() == 2
+    runs = glob.glob(str(tiny_run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(runs) == 1 and Path(runs[0]).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_eval_on_the_checkpoint_agrees_with_the_test_metrics(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    run_cli("covidseg-eval", f"ckpt_path={tiny_run}/checkpoints/best.ckpt", f"data.split_file={tiny_run}/splits.csv",
+            "data.split=test", f"hydra.run.dir={out}")
+    trained, evaluated = read_metrics(tiny_run), read_metrics(out)
+    for key in CONTRACT_FLOATS:
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert evaluated["test/confusion"] == trained["test/confusion"]
+    a, b = pd.read_csv(tiny_run / "predictions.csv"), pd.read_csv(out / "predictions.csv")
+    assert list(a["path"]) == list(b["path"])
+    assert (a["prob_covid"] - b["prob_covid"]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_eval_on_another_folder_uses_every_image(tiny_run, tmp_path):
+    other = make_dataset(tmp_path / "other_hospital", {"normal": 5, "covid": 4, "tb": 2}, size=80)
+    out = tmp_path / "eval"
+    run_cli("covidseg-eval", f"ckpt_path={tiny_run}/checkpoints/best.ckpt", f"data.root={other}", f"hydra.run.dir={out}")
+    metrics = read_metrics(out)
+    assert metrics["n_test"] == 9 and metrics["dropped_labels"] == {"tb": 2}
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["path", "label", "patient_id", "prob_normal", "prob_covid"]
+    assert len(predictions) == 9
+
+
+def test_unknown_backbone_fails_at_start_with_suggestions(tmp_path):
+    result = run_cli("covidseg-train", "model.backbone=resnet181", "debug=fast", "data.limit=30",
+                     f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 2
+    assert "is not a timm model" in result.stderr + result.stdout and "resnet18" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_data_root_is_a_clear_error(tmp_path):
+    result = run_cli("covidseg-train", f"data.root={tmp_path}/missing", "debug=fast", f"hydra.run.dir={tmp_path}/r",
+                     check=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_three_class_config_trains_with_the_same_code(tmp_path):
+    run = tmp_path / "run"
+    run_cli("covidseg-train", "data=covid_cxr_3class", "debug=fast", "data.limit=45", "data.image_size=32",
+            f"hydra.run.dir={run}")
+    metrics = read_metrics(run)
+    assert metrics["classes"] == ["normal", "pneumonia", "covid"]
+    assert len(metrics["test/confusion"]) == 3 and metrics["dropped_labels"] == {}
+    assert json.loads((run / "metrics.json").read_text())["test/f1"] >= 0
