@@ -26,6 +26,27 @@ train-3class:
 eval:
 	$(BIN)/covidseg-eval ckpt_path=$(CKPT) $(if $(DATA),data.root=$(DATA),) $(ARGS)
 
+# Stage 1: train the lung segmenter; its checkpoint is where segmenter.ckpt_path looks by default.
+segmenter:
+	$(BIN)/covidseg-train-segmenter hydra.run.dir=$${COVIDSEG_LOG_DIR:-logs}/segmenter/default $(ARGS)
+
+# The comparison study (backbones x raw/segmented x seeds), then its report. Needs `make segmenter`.
+study:
+	$(BIN)/covidseg-train experiment=compare hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/compare $(ARGS)
+	$(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/compare
+
+study-quick:
+	$(BIN)/covidseg-train experiment=compare_quick hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/compare_quick $(ARGS)
+	$(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/compare_quick
+
+study-gpu:
+	$(BIN)/covidseg-train experiment=compare_gpu hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/compare_gpu $(ARGS)
+	$(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/compare_gpu
+
+# make report SWEEP=logs/study/compare
+report:
+	$(BIN)/covidseg-report $(SWEEP)
+
 test:
 	$(BIN)/python -m pytest -x -q
 

@@ -18,6 +18,7 @@ from covidseg.errors import UserError
 log = logging.getLogger("covidseg")
 
 FAILED_FILE = "failed.json"
+RESOLVED_CONFIG = "config_resolved.yaml"  # the job's config with every interpolation resolved (absolute paths)
 
 
 def run_dir() -> Path:

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from covidseg.classification import METRIC_NAMES, Classifier, check_backbone
-from covidseg.cli import in_multirun, run_dir, run_job
+from covidseg.cli import RESOLVED_CONFIG, in_multirun, run_dir, run_job
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.tracking import finish_wandb
@@ -45,7 +45,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 def test_and_write(trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, out_dir: Path,
                    ckpt_path: str | None, extra: dict[str, Any]) -> dict[str, Any]:
     """Test `model` (from ckpt_path if given) on the datamodule's test split; write metrics.json and
-    predictions.csv (one row per test image: path, label, patient_id, prob_<class>...)."""
+    predictions.csv (one row per test image: path, label, patient_id, target, prob_<class>...)."""
     scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     results = model.test_results()
     metrics: dict[str, Any] = {f"test/{m}": float(scores[f"test/{m}"]) for m in METRIC_NAMES}
@@ -55,7 +55,7 @@ def test_and_write(trainer: L.Trainer, model: Classifier, datamodule: CXRDataMod
     metrics.update(datamodule.stats)
     metrics.update(extra)
     table = datamodule.table
-    rows = table[table["split"] == "test"][["path", "label", "patient_id"]].reset_index(drop=True)
+    rows = table[table["split"] == "test"][["path", "label", "patient_id", "target"]].reset_index(drop=True)
     probs = results["probs"].numpy()
     for i, name in enumerate(model.class_names):
         rows[f"prob_{name}"] = probs[:, i]
@@ -67,6 +67,7 @@ def test_and_write(trainer: L.Trainer, model: Classifier, datamodule: CXRDataMod
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One classifier run, as configured; returns what it wrote to metrics.json."""
     out_dir = run_dir()
+    (out_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     check_backbone(cfg.model.backbone)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: CXRDataModule = instantiate(cfg.data, masks=build_mask_source(cfg))

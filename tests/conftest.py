@@ -73,3 +73,12 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Co
 
 def read_metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory, lungs) -> Path:
+    """A real segmenter run: 24 image/mask pairs at 64 px, 2 epochs (poor masks, real code path)."""
+    run = tmp_path_factory.mktemp("seg") / "run"
+    run_cli("covidseg-train-segmenter", "data.image_size=64", "trainer.max_epochs=2", "data.limit=24",
+            "data.batch_size=8", "logger=csv", "overlays=6", f"hydra.run.dir={run}")
+    return run

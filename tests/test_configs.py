@@ -83,3 +83,17 @@ def test_eval_config_composes():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=["ckpt_path=x.ckpt"])
     assert cfg.data.split == "all"
+
+
+@pytest.mark.parametrize("option", options("hydra/launcher"))
+def test_launcher_options_compose(option):
+    cfg = compose_train([f"hydra/launcher={option}"])
+    assert "_target_" in cfg.hydra.launcher and "Launcher" in cfg.hydra.launcher._target_
+
+
+def test_study_experiment_sweeps_backbones_inputs_and_seeds():
+    cfg = compose_train(["experiment=compare"])
+    params = cfg.hydra.sweeper.params
+    assert len(params["model.backbone"].split(",")) == 3
+    assert params["data.input"] == "raw,segmented" and len(params.seed.split(",")) >= 3
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"

@@ -72,14 +72,6 @@ def test_crop_to_lungs_uses_the_box_with_margin():
     assert cropped.shape == (1, 10, 10) and (cropped == 200).all()  # the crop is all lung
 
 
-@pytest.fixture(scope="module")
-def tiny_segmenter(tmp_path_factory, lungs) -> Path:
-    run = tmp_path_factory.mktemp("seg") / "run"
-    run_cli("covidseg-train-segmenter", "data.image_size=64", "trainer.max_epochs=2", "data.limit=24",
-            "data.batch_size=8", "logger=csv", "overlays=6", f"hydra.run.dir={run}")
-    return run
-
-
 @pytest.mark.slow
 def test_tiny_segmenter_training_meets_the_contract(tiny_segmenter):
     for name in ["checkpoints/best.ckpt", "metrics.json", "overlays.png"]:

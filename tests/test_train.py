@@ -71,7 +71,7 @@ def test_eval_on_another_folder_uses_every_image(tiny_run, tmp_path):
     metrics = read_metrics(out)
     assert metrics["n_test"] == 9 and metrics["dropped_labels"] == {"tb": 2}
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["path", "label", "patient_id", "prob_normal", "prob_covid"]
+    assert list(predictions.columns) == ["path", "label", "patient_id", "target", "prob_normal", "prob_covid"]
     assert len(predictions) == 9
 
 

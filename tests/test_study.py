@@ -1,0 +1,65 @@
+"""A real tiny sweep through the Hydra CLI, then covidseg-report on it."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
+    sweep = tmp_path_factory.mktemp("study") / "sweep"
+    # resnet181 is a typo on purpose: that job must fail alone and be reported.
+    run_cli("covidseg-train", "-m", "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
+            "data.input=raw,segmented", "seed=0", "data.image_size=64", "data.limit=60", "data.batch_size=16",
+            "trainer.max_epochs=2", "logger=csv", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
+            f"hydra.sweep.dir={sweep}")
+    run_cli("covidseg-report", str(sweep), "--n-boot", "200", "--energy-images", "8", "--cam-images", "4")
+    return sweep
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
+    results = pd.read_csv(tiny_sweep / "results.csv")
+    assert len(results) == 6
+    ok = results[results["status"] == "ok"]
+    assert sorted(ok["backbone"].unique()) == ["mobilenetv3_small_050", "resnet18"] and len(ok) == 4
+    failed = results[results["status"] == "failed"]
+    assert set(failed["backbone"]) == {"resnet181"} and failed["error"].str.contains("not a timm model").all()
+    for column in ["test/acc", "test/f1", "test/auroc"]:
+        assert ok[column].between(0, 1).all(), column
+    # an all-zero CAM (possible after 2 epochs) has no lung share: NaN, shown as "–"
+    assert ok["lung_energy"].dropna().between(0, 1).all() and ok["lung_energy"].notna().sum() >= 2
+    segmented = ok[ok["input"] == "segmented"]
+    # the masks for the sweep were predicted once: only the first segmented job missed the cache
+    assert sorted(segmented["mask_cache_misses"]) == [0, segmented["n_train"].iloc[0] + segmented["n_val"].iloc[0]
+                                                     + segmented["n_test"].iloc[0]]
+
+
+@pytest.mark.slow
+def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep):
+    text = (tiny_sweep / "report.md").read_text()
+    table = text.split("## Test metrics")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Backbone")]
+    assert sorted((r.split("|")[1].strip(), r.split("|")[2].strip()) for r in rows) == [
+        ("mobilenetv3_small_050", "raw"), ("mobilenetv3_small_050", "segmented"),
+        ("resnet18", "raw"), ("resnet18", "segmented")]
+    for row in rows:
+        values = [float(v) for v in re.findall(r"-?\d+\.\d+", "|".join(row.split("|")[4:]))]
+        assert values and all(0.0 <= v <= 1.0 for v in values), row
+    assert "resnet181" in text.split("## Failed jobs")[1]
+    assert "p (paired t)" in text and "p (bootstrap)" in text
+    for name in ["curves.png", "curves_resnet18.png", "confusion.png", "cam_gallery.png"]:
+        assert f"]({name})" in text, name
+        with Image.open(tiny_sweep / name) as image:
+            image.verify()
+            assert image.size[0] > 200
+
+
+def test_report_on_a_folder_without_jobs_is_a_clear_error(tmp_path):
+    result = run_cli("covidseg-report", str(tmp_path), check=False)
+    assert result.returncode == 2 and "holds no job folders" in result.stderr
