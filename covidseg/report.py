@@ -85,15 +85,21 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None):
     data.pop("_target_", None)
     if cache_dir:
         data["cache_dir"] = cache_dir
-    masks = MaskSource.from_config(cfg.segmenter, cache_dir=data["cache_dir"])
+    try:
+        masks = MaskSource.from_config(cfg.segmenter, cache_dir=data["cache_dir"])
+    except UserError:
+        if data["input"] != "raw":
+            raise
+        masks = None  # a raw-only sweep without a segmenter: no masks, no lung energy
     datamodule = CXRDataModule(**{**data, "split_file": str(job_dir / "splits.csv"), "evaluate_on": "test",
                                   "limit": None}, masks=masks)
     datamodule.setup("test")
     test = datamodule.datasets["test"]
-    if datamodule.lung_masks is None:  # raw input: masks are still needed to measure where the CAM looks
-        datamodule.lung_masks = masks.masks_for(list(datamodule.table["file"]), list(datamodule.table["digest"]),
-                                                size=datamodule.image_size)
+    if datamodule.lung_masks is None:  # raw input: the unmasked images are the ones the model saw
         datamodule.unmasked_images = test.images[:, 0].numpy()
+        if masks is not None:  # masks are still needed to measure where the CAM looks
+            datamodule.lung_masks = masks.masks_for(list(datamodule.table["file"]), list(datamodule.table["digest"]),
+                                                    size=datamodule.image_size)
     return model, datamodule
 
 
@@ -110,6 +116,8 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
         if stored.get("max_images") == max_images:
             return stored
     model, datamodule = job_test_data(job_dir, cache_dir)
+    if datamodule.lung_masks is None:
+        raise UserError(f"no lung masks for {job_dir} (segmenter.ckpt_path does not exist)")
     test = datamodule.datasets["test"]
     n = min(max_images, len(test))
     picks = np.linspace(0, len(test) - 1, num=n).round().astype(int)
@@ -340,14 +348,16 @@ def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str |
     for r, i in enumerate(picks):
         axes[r, 0].imshow(reference.unmasked_images[i], cmap="gray")
         axes[r, 0].set_title(f"{labels[i]}", fontsize=6)
-        axes[r, 1].imshow(reference.lung_masks[i], cmap="gray")
-        axes[r, 1].set_title("lung mask", fontsize=6)
+        if reference.lung_masks is not None:
+            axes[r, 1].imshow(reference.lung_masks[i], cmap="gray")
+        axes[r, 1].set_title("lung mask" if reference.lung_masks is not None else "no segmenter", fontsize=6)
     col = 2
     for (backbone, input_), (model, datamodule) in loaded.items():
         test = datamodule.datasets["test"]
         x = torch.stack([test[i][0] for i in picks])
         positive = len(model.class_names) - 1 if model.binary else None
-        probs = model.probabilities(model.eval()(x)).detach()[:, -1].numpy()
+        with torch.no_grad():
+            probs = model.probabilities(model.eval()(x))[:, -1].numpy()
         for method, name in (("gradcam", "Grad-CAM"), ("gradcam++", "Grad-CAM++")):
             cams = cam_maps(model.net, x, target_class=positive, method=method, binary=model.binary)
             for r, cam in enumerate(cams):
@@ -438,7 +448,7 @@ def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, curve_files: list[str]) -
 
     group = cfg.get("group") or sweep_dir.name
     run = wandb.init(project=cfg.logger.wandb.project, group=group, job_type="report", name=f"report-{group}",
-                     dir=str(sweep_dir), mode=wandb_mode(), reinit=True)
+                     dir=str(sweep_dir), mode=wandb_mode())
     try:
         table = jobs.drop(columns=["dir"]).astype(str)
         run.log({"results": wandb.Table(dataframe=table),
