@@ -406,7 +406,7 @@ def _report_text(sweep_dir, jobs, summary, across, boot, curve_files, failed, en
     first = ok.iloc[0]
     settings = OmegaConf.load(Path(first["dir"]) / ".hydra" / "config.yaml")
     parts = [
-        f"# covidseg comparison: raw vs lung-segmented input\n",
+        "# covidseg comparison: raw vs lung-segmented input\n",
         f"Sweep `{sweep_dir}`: {len(jobs)} job(s), {int(len(ok))} finished, {len(failed)} failed. "
         f"Classes {settings.data.classes} (positive: {settings.data.classes[-1]}), image size "
         f"{settings.data.image_size}, {settings.trainer.max_epochs} epoch(s) max, patient-level split "

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import pandas as pd
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +40,41 @@ def build_mask_source(cfg: DictConfig):
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule,
+                     group: str | None, tags: list[str],
+                     evaluate: Callable[[L.Trainer, str | None, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
+
+    Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
+    """
+    if "wandb" in (cfg.logger or {}):
+        cfg.logger.wandb.group = group
+        cfg.logger.wandb.tags = [*cfg.tags, *tags]
+    loggers = instantiate_all(cfg.logger)
+    failed = True
+    try:
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        seconds = time.perf_counter() - start
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        fit_info = {
+            "best_epoch": int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch,
+            "epochs_run": 1 if trainer.fast_dev_run else trainer.current_epoch,
+            "best_ckpt": best,
+            "train_seconds": round(seconds, 2),
+        }
+        metrics = evaluate(trainer, best or None, fit_info)
+        for logger in loggers:
+            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        failed = False
+    finally:
+        finish_wandb(loggers, failed)
+    return metrics
 
 
 def test_and_write(trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, out_dir: Path,
@@ -80,40 +115,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model: Classifier = instantiate(cfg.model, _convert_="all", class_names=datamodule.classes,
                                     class_weights=datamodule.class_weights(), data_config=data_config)
     group = cfg.group or (Path(cfg.paths.output_dir).parent.name if in_multirun() else None)
-    if "wandb" in (cfg.logger or {}):
-        cfg.logger.wandb.group = group
-        cfg.logger.wandb.tags = [*cfg.tags, f"backbone={cfg.model.backbone}", f"input={cfg.data.input}", f"seed={cfg.seed}"]
-    loggers = instantiate_all(cfg.logger)
-    failed = True
-    try:
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
-        train_seconds = time.perf_counter() - start
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
-        epochs_run = trainer.current_epoch if not trainer.fast_dev_run else 1
+    tags = [f"backbone={cfg.model.backbone}", f"input={cfg.data.input}", f"seed={cfg.seed}"]
+
+    def evaluate(trainer: L.Trainer, best: str | None, fit_info: dict[str, Any]) -> dict[str, Any]:
         extra = {
-            "best_epoch": best_epoch,
-            "epochs_run": epochs_run,
-            "best_ckpt": best,
+            **fit_info,
             "monitor": cfg.callbacks.model_checkpoint.monitor if "model_checkpoint" in cfg.callbacks else None,
-            "train_seconds": round(train_seconds, 2),
-            "train_images_per_second": round(datamodule.stats["n_train"] * epochs_run / train_seconds, 2),
+            "train_images_per_second": round(datamodule.stats["n_train"] * fit_info["epochs_run"]
+                                             / fit_info["train_seconds"], 2),
             "backbone": cfg.model.backbone,
             "input": cfg.data.input,
             "seed": int(cfg.seed),
             "image_size": int(cfg.data.image_size),
             "accelerator": type(trainer.accelerator).__name__,
         }
-        metrics = test_and_write(trainer, model, datamodule, out_dir, best or None, extra)
-        for logger in loggers:
-            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        failed = False
-    finally:
-        finish_wandb(loggers, failed)
+        return test_and_write(trainer, model, datamodule, out_dir, best, extra)
+
+    metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate)
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
     log.info("Run directory: %s", out_dir)
     return metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,12 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from covidseg.cli import run_dir, run_job
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.segmentation import LungMaskDataModule, Segmenter, overlay_grid
-from covidseg.tracking import finish_wandb
-from covidseg.train import instantiate_all
+from covidseg.train import fit_and_evaluate
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -55,28 +53,12 @@ def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
     datamodule: LungMaskDataModule = instantiate(cfg.data)
     datamodule.setup("fit")
     model: Segmenter = instantiate(cfg.model, _convert_="all")
-    if "wandb" in (cfg.logger or {}):
-        cfg.logger.wandb.group = cfg.group
-        cfg.logger.wandb.tags = [*cfg.tags, f"arch={cfg.segmenter.arch}", f"encoder={cfg.segmenter.encoder}"]
-    loggers = instantiate_all(cfg.logger)
-    failed = True
-    try:
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
-        seconds = time.perf_counter() - start
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        extra = {"train_seconds": round(seconds, 2), "seed": int(cfg.seed), "epochs_run": trainer.current_epoch,
-                 "best_epoch": int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else None,
-                 "best_ckpt": best}
-        metrics = test_segmenter(trainer, model, datamodule, out_dir, best or None, cfg.overlays, extra)
-        for logger in loggers:
-            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        failed = False
-    finally:
-        finish_wandb(loggers, failed)
+    tags = [f"arch={cfg.segmenter.arch}", f"encoder={cfg.segmenter.encoder}"]
+
+    def evaluate(trainer: L.Trainer, best: str | None, fit_info: dict[str, Any]) -> dict[str, Any]:
+        return test_segmenter(trainer, model, datamodule, out_dir, best, cfg.overlays, {**fit_info, "seed": int(cfg.seed)})
+
+    metrics = fit_and_evaluate(cfg, model, datamodule, cfg.group, tags, evaluate)
     return metrics
 
 

@@ -1,6 +1,5 @@
 """Stage 1: post-processing, masking arithmetic, the mask cache, and real tiny trainings."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
