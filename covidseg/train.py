@@ -127,6 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "input": cfg.data.input,
             "seed": int(cfg.seed),
             "image_size": int(cfg.data.image_size),
+            "group": group,
             "accelerator": type(trainer.accelerator).__name__,
         }
         return test_and_write(trainer, model, datamodule, out_dir, best, extra)

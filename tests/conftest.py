@@ -62,10 +62,12 @@ def make_dataset(folder: Path, labels: dict[str, int], patients_per_label: int |
     return folder
 
 
-def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
     """Run a covidseg console script as a user would; output is kept for assertions and failures."""
     command = [str(BIN / args[0]), *args[1:]]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                            env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result

@@ -12,13 +12,15 @@ from tests.conftest import run_cli
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
-    sweep = tmp_path_factory.mktemp("study") / "sweep"
+    base = tmp_path_factory.mktemp("study")
+    sweep = base / "sweep"
+    own_cache = {"COVIDSEG_CACHE_DIR": str(base / "cache")}  # so mask-cache counts are this sweep's alone
     # resnet181 is a typo on purpose: that job must fail alone and be reported.
     run_cli("covidseg-train", "-m", "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
             "data.input=raw,segmented", "seed=0", "data.image_size=64", "data.limit=60", "data.batch_size=16",
-            "trainer.max_epochs=2", "logger=csv", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
-            f"hydra.sweep.dir={sweep}")
-    run_cli("covidseg-report", str(sweep), "--n-boot", "200", "--energy-images", "8", "--cam-images", "4")
+            "trainer.max_epochs=2", "logger=wandb", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
+            f"hydra.sweep.dir={sweep}", env=own_cache)
+    run_cli("covidseg-report", str(sweep), "--n-boot", "200", "--energy-images", "8", "--cam-images", "4", env=own_cache)
     return sweep
 
 
@@ -28,6 +30,9 @@ def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
     assert len(results) == 6
     ok = results[results["status"] == "ok"]
     assert sorted(ok["backbone"].unique()) == ["mobilenetv3_small_050", "resnet18"] and len(ok) == 4
+    for job in ok["dir"]:  # every job logged to W&B (offline), all in the sweep's group
+        assert len(list((Path(job) / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert set(ok["group"]) == {tiny_sweep.name}
     failed = results[results["status"] == "failed"]
     assert set(failed["backbone"]) == {"resnet181"} and failed["error"].str.contains("not a timm model").all()
     for column in ["test/acc", "test/f1", "test/auroc"]:
@@ -53,6 +58,8 @@ def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep)
         assert values and all(0.0 <= v <= 1.0 for v in values), row
     assert "resnet181" in text.split("## Failed jobs")[1]
     assert "p (paired t)" in text and "p (bootstrap)" in text
+    # the report went to the sweep's W&B group too (offline here)
+    assert len(list((tiny_sweep / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     for name in ["curves.png", "curves_resnet18.png", "confusion.png", "cam_gallery.png"]:
         assert f"]({name})" in text, name
         with Image.open(tiny_sweep / name) as image:
