@@ -150,7 +150,8 @@ class MaskSource:
     def quality_report(self, table: pd.DataFrame, images: np.ndarray, masks: np.ndarray, out_dir: str | Path,
                        per_class: int = 6, seed: int = 0) -> pd.DataFrame:
         """mask_stats.csv (lung area fraction per image, implausible ones flagged, also in the log) and
-        masks_overview.png (a sample of each class with the predicted lung contour, flagged images first)."""
+        masks_overview.png (a sample of each class with the predicted lung contour; up to half of each
+        row are flagged images, marked "!")."""
         from covidseg.segmentation import overlay_grid
 
         out_dir = Path(out_dir)
@@ -167,8 +168,10 @@ class MaskSource:
         rng = np.random.default_rng(seed)
         picks: list[int] = []
         for _, group in stats.groupby("label", sort=True):
-            order = list(group.index[group["implausible"]]) + list(rng.permutation(group.index[~group["implausible"]]))
-            picks.extend(order[:per_class])
+            # Up to half the row shows flagged masks, the rest a random sample of typical ones.
+            flagged_rows = list(group.index[group["implausible"]])[: per_class // 2]
+            typical = list(rng.permutation(group.index[~group["implausible"]]))
+            picks.extend((flagged_rows + typical)[:per_class])
         titles = [f"{stats.at[i, 'label']} {stats.at[i, 'lung_area_fraction']:.2f}" + (" !" if stats.at[i, "implausible"] else "")
                   for i in picks]
         overlay_grid([images[i] for i in picks], [masks[i] for i in picks], None, out_dir / "masks_overview.png",
