@@ -30,20 +30,21 @@ def isolated_dirs(tmp_path_factory):
     yield base
 
 
-@pytest.fixture(scope="session")
-def covid_cxr() -> Path:
-    root = data_dir() / "covid-cxr"
+def real_dataset(name: str) -> Path:
+    root = data_dir() / name
     if not (root / "metadata.csv").is_file():
         pytest.fail(f"Real data not found at {root}: set COVIDSEG_DATA_DIR to the folder holding covid-cxr/ and lungs/.")
     return root
+
+
+@pytest.fixture(scope="session")
+def covid_cxr() -> Path:
+    return real_dataset("covid-cxr")
 
 
 @pytest.fixture(scope="session")
 def lungs() -> Path:
-    root = data_dir() / "lungs"
-    if not (root / "metadata.csv").is_file():
-        pytest.fail(f"Real data not found at {root}: set COVIDSEG_DATA_DIR to the folder holding covid-cxr/ and lungs/.")
-    return root
+    return real_dataset("lungs")
 
 
 def make_dataset(folder: Path, labels: dict[str, int], patients_per_label: int | None = None,
