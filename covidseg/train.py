@@ -48,6 +48,7 @@ def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.Li
     """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
 
     Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
+    Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
     """
     if "wandb" in (cfg.logger or {}):
         cfg.logger.wandb.group = group
@@ -68,6 +69,16 @@ def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.Li
             "best_ckpt": best,
             "train_seconds": round(seconds, 2),
         }
+        if trainer.world_size > 1:
+            # Test on one device: under DDP a DistributedSampler would split (and pad) the test set.
+            trainer.strategy.barrier()
+            rank = trainer.global_rank
+            torch.distributed.destroy_process_group()  # else torchmetrics would sync with finished ranks
+            if rank != 0:
+                failed = False
+                return {}
+            trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                                logger=False, enable_checkpointing=False, default_root_dir=cfg.trainer.default_root_dir)
         metrics = evaluate(trainer, best or None, fit_info)
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -133,6 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return test_and_write(trainer, model, datamodule, out_dir, best, extra)
 
     metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate)
+    if not metrics:  # a non-zero DDP rank
+        return metrics
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
     log.info("Run directory: %s", out_dir)
     return metrics

@@ -99,3 +99,14 @@ def test_three_class_config_trains_with_the_same_code(tmp_path):
     assert metrics["classes"] == ["normal", "pneumonia", "covid"]
     assert len(metrics["test/confusion"]) == 3 and metrics["dropped_labels"] == {}
     assert json.loads((run / "metrics.json").read_text())["test/f1"] >= 0
+
+
+@pytest.mark.slow
+def test_ddp_job_trains_on_two_processes_and_tests_every_image_once(tmp_path):
+    run = tmp_path / "run"
+    run_cli("covidseg-train", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.limit=40",
+            "data.image_size=32", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run}")
+    metrics = read_metrics(run)
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert len(predictions) == metrics["n_test"] == sum(map(sum, metrics["test/confusion"]))
+    assert predictions["path"].is_unique
