@@ -113,7 +113,7 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     cache = job_dir / "lung_energy.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())
-        if stored.get("max_images") == max_images:
+        if stored.get("max_images") == max_images and "lung_area" in stored:
             return stored
     model, datamodule = job_test_data(job_dir, cache_dir)
     if datamodule.lung_masks is None:
@@ -121,7 +121,7 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     test = datamodule.datasets["test"]
     n = min(max_images, len(test))
     picks = np.linspace(0, len(test) - 1, num=n).round().astype(int)
-    energies = []
+    energies, areas = [], []
     for start in range(0, n, 16):
         idx = picks[start:start + 16]
         x = torch.stack([test[i][0] for i in idx])
@@ -130,9 +130,11 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
         for cam, i in zip(cams, idx):
             mask = resize_mask(datamodule.lung_masks[i], cam.shape[-1])
             energies.append(lung_energy(cam, mask))
+            areas.append(float(mask.mean()))
     values = [e for e in energies if not math.isnan(e)]
-    result = {"lung_energy": float(np.mean(values)) if values else math.nan, "n_images": len(values),
-              "max_images": max_images}
+    # lung_area is what a CAM spread evenly over the image would score: the baseline to compare with.
+    result = {"lung_energy": float(np.mean(values)) if values else math.nan, "lung_area": float(np.mean(areas)),
+              "n_images": len(values), "max_images": max_images}
     cache.write_text(json.dumps(result))
     return result
 
@@ -382,7 +384,8 @@ def build_report(sweep_dir: str | Path, cam_images: int = 8, energy_images: int 
     ok_mask = jobs["status"] == "ok"
     for index in jobs.index[ok_mask]:
         try:
-            jobs.loc[index, "lung_energy"] = job_lung_energy(Path(jobs.at[index, "dir"]), energy_images, cache_dir)["lung_energy"]
+            energy = job_lung_energy(Path(jobs.at[index, "dir"]), energy_images, cache_dir)
+            jobs.loc[index, "lung_energy"], jobs.loc[index, "lung_area"] = energy["lung_energy"], energy["lung_area"]
         except UserError as err:
             log.warning("No lung energy for job %s: %s", jobs.at[index, "job"], err)
             jobs.loc[index, "lung_energy"] = math.nan
@@ -414,7 +417,9 @@ def _report_text(sweep_dir, jobs, summary, across, boot, curve_files, failed, en
         "## Test metrics (mean ± std over seeds, [95 % t-interval])\n",
         "Lung energy: mean share of the Grad-CAM mass (for the predicted class) inside the predicted lung "
         f"mask, over up to {energy_images} test images per model (1.0 = the model looks only at the lungs; "
-        "an all-zero CAM has no share and is left out).\n",
+        "an all-zero CAM has no share and is left out). "
+        + (f"For reference, the lung masks cover {jobs['lung_area'].mean():.3f} of these images on average: a CAM "
+           "spread evenly over the image would score that.\n" if "lung_area" in jobs else "\n"),
         markdown_summary(summary), "",
         "## Does segmentation help? Segmented − raw, paired by seed\n",
         "Paired t-test over seeds (same seed = same patient split and initialisation).\n",
