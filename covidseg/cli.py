@@ -38,12 +38,22 @@ def user_error(err: BaseException) -> UserError | None:
     return None
 
 
+STALE_OUTPUTS = ("metrics.json", "predictions.csv", FAILED_FILE, "lung_energy.json", "mask_stats.csv", "masks_overview.png")
+
+
+def clear_stale_outputs(folder: Path) -> None:
+    """A re-run into the same folder (e.g. `make study` twice) must not leave the last run's results behind."""
+    for name in STALE_OUTPUTS:
+        (folder / name).unlink(missing_ok=True)
+
+
 def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run one job. A UserError ends a single run with its message (exit 2), no traceback.
 
     In a multirun, any failure is written to `<job dir>/failed.json` (error + traceback) and the
     sweep goes on with the next job; `covidseg-report` lists failed jobs.
     """
+    clear_stale_outputs(run_dir())
     try:
         return task(cfg)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or reported

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from covidseg.classification import Classifier
 from covidseg.cli import run_dir, run_job
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.errors import UserError
+from covidseg.errors import UserError, load_checkpoint
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.train import test_and_write
 
@@ -23,13 +23,7 @@ register_resolvers()
 
 
 def load_classifier(ckpt_path: str | Path) -> Classifier:
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise UserError(f"Checkpoint {path} does not exist. Give ckpt_path=<train run>/checkpoints/best.ckpt.")
-    try:
-        return Classifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path} is not a covidseg classifier checkpoint ({err}).") from err
+    return load_checkpoint(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")
 
 
 def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: str | None) -> CXRDataModule:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """0/1 mask to (size, size): area-average then threshold at 0.5, so thin borders stay faithful."""
+    """0/1 mask to (size, size): interpolate then threshold at 0.5, so thin borders stay faithful."""
     if mask.shape == (size, size):
         return mask
     resized = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
@@ -65,6 +65,17 @@ def apply_masks(images: np.ndarray, masks: np.ndarray, mode: str, crop_to_lungs:
         top, bottom, left, right = lung_box(mask, crop_margin)
         cropped.append(_resize(image[top:bottom, left:right], size))
     return np.stack(cropped)
+
+
+def masks_as_seen(masks: np.ndarray, crop_to_lungs: bool, crop_margin: float, size: int) -> np.ndarray:
+    """Lung masks in the classifier's frame: cropped like the images (crop_to_lungs) and resized to `size`."""
+    out = []
+    for mask in masks:
+        if crop_to_lungs:
+            top, bottom, left, right = lung_box(mask, crop_margin)
+            mask = mask[top:bottom, left:right]
+        out.append(resize_mask(mask, size))
+    return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

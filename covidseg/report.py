@@ -52,6 +52,13 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
         else:
             row.update(status="failed", error="no metrics.json (job killed or still running)")
         rows.append(row)
+    if rows:
+        keys = pd.DataFrame(rows)[["backbone", "input", "seed"]]
+        repeated = keys[keys.duplicated(keep=False)]
+        if len(repeated):
+            raise UserError(
+                f"{sweep_dir}: several jobs share backbone/input/seed ({repeated.drop_duplicates().to_dict('records')[:3]}); "
+                "the report compares backbones x input over seeds only. Sweep other settings in separate folders.")
     if not rows:
         raise UserError(f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
                         "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>.")
@@ -100,6 +107,7 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None):
         if masks is not None:  # masks are still needed to measure where the CAM looks
             datamodule.lung_masks = masks.masks_for(list(datamodule.table["file"]), list(datamodule.table["digest"]),
                                                     size=datamodule.image_size)
+            datamodule.masks_as_seen = datamodule.lung_masks
     return model, datamodule
 
 
@@ -128,7 +136,7 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
         # The predicted class is explained: where the model looked for the decision it made.
         cams = cam_maps(model.net, x, target_class=None, binary=model.binary)
         for cam, i in zip(cams, idx):
-            mask = resize_mask(datamodule.lung_masks[i], cam.shape[-1])
+            mask = resize_mask(datamodule.masks_as_seen[i], cam.shape[-1])
             energies.append(lung_energy(cam, mask))
             areas.append(float(mask.mean()))
     values = [e for e in energies if not math.isnan(e)]
@@ -192,7 +200,8 @@ def paired_comparisons(jobs: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, p
         for seed in seeds:
             a = pd.read_csv(Path(raw.loc[seed, "dir"]) / "predictions.csv")
             b = pd.read_csv(Path(seg.loc[seed, "dir"]) / "predictions.csv")
-            for metric in ("f1", "recall", "auroc"):
+            binary = sum(c.startswith("prob_") for c in a.columns) == 2
+            for metric in ("f1", "recall", "auroc") if binary else ("accuracy",):
                 result = bootstrap_patient_difference(a, b, metric, n_boot=n_boot, seed=seed)
                 boot.append({"backbone": backbone, "seed": seed, "metric": metric, **result})
     return pd.DataFrame(across), pd.DataFrame(boot)
@@ -466,12 +475,19 @@ def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, curve_files: list[str]) -
         run.finish()
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="covidseg-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="folder of a covidseg-train multirun (its hydra.sweep.dir)")
-    parser.add_argument("--cam-images", type=int, default=8, help="test images in cam_gallery.png")
-    parser.add_argument("--energy-images", type=int, default=64, help="test images per model for lung energy")
-    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples over test patients")
+    parser.add_argument("--cam-images", type=positive_int, default=8, help="test images in cam_gallery.png")
+    parser.add_argument("--energy-images", type=positive_int, default=64, help="test images per model for lung energy")
+    parser.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples over test patients")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from covidseg.data.datamodule import build_augmentation
 from covidseg.data.images import ImageCache
 from covidseg.data.split import SPLITS, split_by_patient
-from covidseg.errors import UserError
+from covidseg.errors import UserError, load_checkpoint
 from covidseg.paths import cache_dir as default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,13 @@ class LungMaskDataModule(L.LightningDataModule):
         cache = ImageCache(self.cache_dir, self.image_size)
         images, _, _ = cache.load_many(list(table["image_file"]))
         masks, _, _ = cache.load_many(list(table["mask_file"]))
-        masks = (masks > 127).astype(np.uint8)
+        peaks = masks.reshape(len(masks), -1).max(axis=1)
+        if (peaks == 0).any():
+            empty = list(table["mask"][peaks == 0][:3])
+            raise UserError(f"{int((peaks == 0).sum())} mask(s) in {self.root} are empty (all 0), e.g. {empty}. "
+                            "Masks must mark lung pixels with a non-zero value; fix or remove those rows.")
+        # 0/1 and 0/255 masks both work: threshold at half of each mask's own maximum.
+        masks = (masks > peaks[:, None, None] / 2).astype(np.uint8)
         self.table = table
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
@@ -248,14 +254,8 @@ class Segmenter(L.LightningModule):
 
 
 def load_segmenter(ckpt_path: str | Path) -> Segmenter:
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise UserError(f"Segmenter checkpoint {path} does not exist. Train one with `make segmenter` "
-                        "(or covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.")
-    try:
-        return Segmenter.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path} is not a covidseg segmenter checkpoint ({err}).") from err
+    return load_checkpoint(Segmenter, ckpt_path, "Train a segmenter with `make segmenter` (or "
+                           "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.")
 
 
 # -- figures --------------------------------------------------------------------------------------

@@ -103,6 +103,9 @@ def test_and_write(trainer: L.Trainer, model: Classifier, datamodule: CXRDataMod
     table = datamodule.table
     rows = table[table["split"] == "test"][["path", "label", "patient_id", "target"]].reset_index(drop=True)
     probs = results["probs"].numpy()
+    if len(probs) < len(rows):  # fast_dev_run / limit_test_batches: the loader is unshuffled, so a prefix
+        log.warning("Only %d of %d test images were tested (limited test batches)", len(probs), len(rows))
+        rows = rows.iloc[: len(probs)].copy()
     for i, name in enumerate(model.class_names):
         rows[f"prob_{name}"] = probs[:, i]
     rows.to_csv(out_dir / "predictions.csv", index=False)
@@ -123,6 +126,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     data_config.pop("_target_")  # a plain record in the checkpoint, not something to instantiate
     data_config["segmenter"] = OmegaConf.to_container(cfg.segmenter, resolve=True)
+    # Re-seed: building the mask source (segmented input only) consumed random numbers, and runs that
+    # differ only in input must start from the same weights and batch order to be paired by seed.
+    L.seed_everything(cfg.seed, workers=True)
     model: Classifier = instantiate(cfg.model, _convert_="all", class_names=datamodule.classes,
                                     class_weights=datamodule.class_weights(), data_config=data_config)
     group = cfg.group or (Path(cfg.paths.output_dir).parent.name if in_multirun() else None)

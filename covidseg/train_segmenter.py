@@ -34,6 +34,8 @@ def test_segmenter(trainer: L.Trainer, model: Segmenter, datamodule: LungMaskDat
                "image_size": hp.image_size, "postprocess": dict(model.postprocess_settings), **extra}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     test = datamodule.datasets["test"]
+    if overlays < 1:
+        return metrics
     picks = np.linspace(0, len(test) - 1, num=min(overlays, len(test))).round().astype(int)
     model.eval()
     with torch.no_grad():

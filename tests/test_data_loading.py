@@ -90,12 +90,41 @@ def test_unknown_label_dropped_and_counted_or_error(tmp_path):
         select_classes(table, ["normal", "Covid"], "drop")
 
 
+def test_evaluation_accepts_a_data_set_without_some_classes(tmp_path):
+    make_dataset(tmp_path, {"covid": 4})
+    kept, _ = select_classes(read_manifest(tmp_path), ["normal", "covid"], require_all=False)
+    assert set(kept["target"]) == {1}
+    with pytest.raises(UserError, match="no image has label"):
+        select_classes(read_manifest(tmp_path), ["normal", "covid"])
+
+
+def test_lung_masks_in_0_1_or_0_255_and_empty_masks(tmp_path):
+    from covidseg.segmentation import LungMaskDataModule
+
+    (tmp_path / "m").mkdir()
+    rows = []
+    for i, peak in enumerate([1, 255, 1, 255, 1, 255, 1, 255, 1, 255]):
+        mask = np.zeros((20, 20), np.uint8)
+        mask[5:15, 2:8] = peak
+        Image.fromarray(GRADIENT).save(tmp_path / "m" / f"i{i}.png")
+        Image.fromarray(mask).save(tmp_path / "m" / f"m{i}.png")
+        rows.append({"image": f"m/i{i}.png", "mask": f"m/m{i}.png"})
+    pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)
+    dm = LungMaskDataModule(str(tmp_path), image_size=20, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    for dataset in dm.datasets.values():
+        assert (dataset.masks.sum(dim=(1, 2, 3)) == 60).all()  # 10 x 6 lung pixels, whatever the peak value
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "m" / "m3.png")
+    with pytest.raises(UserError, match=r"empty.*m/m3.png"):
+        LungMaskDataModule(str(tmp_path), image_size=20, cache_dir=str(tmp_path / "cache")).setup()
+
+
 def test_class_folders_without_csv(tmp_path):
     make_dataset(tmp_path, {"normal": 3, "covid": 2})
     (tmp_path / "metadata.csv").unlink()
     table = read_manifest(tmp_path)
     assert sorted(table["label"].unique()) == ["covid", "normal"]
-    assert set(table["patient_id"]) == {"0", "1", "2"}  # file stems
+    assert set(table["patient_id"]) == {"normal/0", "normal/1", "normal/2", "covid/0", "covid/1"}
 
 
 def _datamodule(root, tmp_path, **kw):

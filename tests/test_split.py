@@ -50,6 +50,9 @@ def test_user_split_file_is_used_and_validated(binary_table, tmp_path):
         read_split_file(tmp_path / "bad.csv", binary_table)
     with pytest.raises(UserError, match="does not exist"):
         read_split_file(tmp_path / "nope.csv", binary_table)
+    given.assign(path="elsewhere/" + given["path"]).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(UserError, match="lists none of the images"):
+        read_split_file(tmp_path / "other.csv", binary_table)
 
 
 def test_stratified_subset_keeps_proportions_and_whole_patients(binary_table):

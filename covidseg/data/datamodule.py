@@ -127,13 +127,15 @@ class CXRDataModule(L.LightningDataModule):
         self.datasets: dict[str, XrayDataset] = {}
         self.unmasked_images: np.ndarray | None = None
         self.lung_masks: np.ndarray | None = None
+        self.masks_as_seen: np.ndarray | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
         table = read_manifest(self.root)
-        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=str(self.root))
+        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=str(self.root),
+                                        require_all=not self.evaluate_on)
         if self.limit:
             table = stratified_subset(table, self.limit, self.seed)
         table["split"] = self._assign_splits(table)
@@ -181,11 +183,12 @@ class CXRDataModule(L.LightningDataModule):
     def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
         if self.masks is None:
             raise UserError(f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`).")
-        from covidseg.masks import apply_masks
+        from covidseg.masks import apply_masks, masks_as_seen
 
         masks = self.masks.masks_for(files, digests, size=images.shape[-1])
         self.stats.update(self.masks.stats())
-        self.unmasked_images, self.lung_masks = images, masks  # kept for the mask quality report and CAMs
+        self.unmasked_images, self.lung_masks = images, masks  # kept for the mask quality report
+        self.masks_as_seen = masks_as_seen(masks, self.crop_to_lungs, self.crop_margin, self.image_size)  # for CAMs
         return apply_masks(images, masks, self.input, self.crop_to_lungs, self.crop_margin,
                            background=self.masks.background, out_size=self.image_size)
 

@@ -1,7 +1,7 @@
 """Read a dataset folder into a table of images: one row per image with path, label and patient.
 
 A dataset folder holds either `metadata.csv` (columns `path,label,patient_id`; extra columns are
-kept) or, without a CSV, one subfolder per class (the patient id is then the file stem, since
+kept) or, without a CSV, one subfolder per class (the patient id is then <class>/<file stem>, since
 nothing better is known). Paths are relative to the folder (absolute paths are accepted too).
 """
 
@@ -59,7 +59,7 @@ def read_manifest(root: str | Path) -> pd.DataFrame:
 
 def _scan_class_folders(root: Path) -> pd.DataFrame:
     rows = [
-        {"path": str(f.relative_to(root)), "label": sub.name, "patient_id": f.stem}
+        {"path": str(f.relative_to(root)), "label": sub.name, "patient_id": f"{sub.name}/{f.stem}"}
         for sub in sorted(p for p in root.iterdir() if p.is_dir())
         for f in sorted(sub.rglob("*"))
         if f.suffix.lower() in IMAGE_SUFFIXES
@@ -69,15 +69,16 @@ def _scan_class_folders(root: Path) -> pd.DataFrame:
             f"{root} has no metadata.csv and no class subfolders with images "
             f"({', '.join(sorted(IMAGE_SUFFIXES))}). Add metadata.csv (path,label,patient_id) or class folders."
         )
-    log.info("No metadata.csv in %s: using class folders, patient id = file stem", root)
+    log.info("No metadata.csv in %s: using class folders, patient id = <class>/<file stem>", root)
     return pd.DataFrame(rows)
 
 
 def select_classes(table: pd.DataFrame, classes: Sequence[str], on_unknown_label: str = "drop",
-                   source: str = "") -> tuple[pd.DataFrame, dict[str, int]]:
+                   source: str = "", require_all: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
     """Keep rows whose label is in `classes` (in that order: index = position) and count the rest.
 
-    on_unknown_label: `drop` (count, log, continue) or `error`.
+    on_unknown_label: `drop` (count, log, continue) or `error`. require_all=False (evaluation) accepts a
+    data set without some of the classes, e.g. an external COVID-only set.
     Returns the kept rows with a `target` column, and {label: count} of the rows left out.
     """
     classes = list(classes)
@@ -87,7 +88,7 @@ def select_classes(table: pd.DataFrame, classes: Sequence[str], on_unknown_label
         raise UserError(f"data.on_unknown_label must be 'drop' or 'error', got {on_unknown_label!r}.")
     counts = table["label"].value_counts()
     absent = [c for c in classes if c not in counts.index]
-    if absent:
+    if absent and (require_all or len(absent) == len(classes)):
         raise UserError(
             f"{source or 'dataset'}: no image has label {absent}; labels present: {dict(counts)}. "
             "Fix data.classes (names are case-sensitive)."

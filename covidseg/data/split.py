@@ -81,6 +81,9 @@ def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
     if len(duplicated):
         raise UserError(f"{path}: path(s) listed twice, e.g. {list(duplicated[:3])}. List each image once.")
     mapping = dict(zip(given["path"], given["split"]))
+    if not set(mapping) & set(table["path"]):
+        raise UserError(f"{path} lists none of the images of the dataset (e.g. {list(table['path'][:2])}); "
+                        "its paths must be written as in the dataset's metadata.csv.")
     unlisted = [p for p in table["path"] if p not in mapping]
     if unlisted:
         log.warning("%s gives no split for %d image(s) of the dataset (not used), e.g. %s",
