@@ -110,3 +110,14 @@ def test_ddp_job_trains_on_two_processes_and_tests_every_image_once(tmp_path):
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == metrics["n_test"] == sum(map(sum, metrics["test/confusion"]))
     assert predictions["path"].is_unique
+
+
+@pytest.mark.slow
+def test_a_rerun_into_the_same_folder_replaces_the_previous_results(tmp_path):
+    run = tmp_path / "run"
+    args = ["data.limit=30", "data.image_size=32", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run}"]
+    run_cli("covidseg-train", *args, "seed=0")
+    (run / "failed.json").write_text("{}")  # as if an earlier attempt had failed here
+    run_cli("covidseg-train", *args, "seed=1")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not (run / "failed.json").exists() and read_metrics(run)["seed"] == 1
