@@ -41,12 +41,17 @@ def create_backbone(name: str, pretrained: bool, num_outputs: int, in_chans: int
     return timm.create_model(name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)
 
 
+def metric_task(num_classes: int) -> dict[str, Any]:
+    """torchmetrics' task arguments: binary (positive = class 1) or multiclass."""
+    return {"task": "binary"} if num_classes == 2 else {"task": "multiclass", "num_classes": num_classes}
+
+
 def classification_metrics(num_classes: int) -> MetricCollection:
     """Accuracy, precision, recall (sensitivity), specificity, F1 and AUROC; macro-averaged for >2 classes.
 
     For two classes the positive class is the second one in data.classes (default: covid).
     """
-    task: dict[str, Any] = {"task": "binary"} if num_classes == 2 else {"task": "multiclass", "num_classes": num_classes}
+    task = metric_task(num_classes)
     kw = task if num_classes == 2 else {**task, "average": "macro"}
     return MetricCollection({
         "acc": Accuracy(**task, **({} if num_classes == 2 else {"average": "micro"})),
@@ -92,8 +97,7 @@ class Classifier(L.LightningModule):
         self.train_metrics = classification_metrics(self.num_classes).clone(prefix="train/")
         self.val_metrics = classification_metrics(self.num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(self.num_classes).clone(prefix="test/")
-        task = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": self.num_classes}
-        self.test_confusion = ConfusionMatrix(**task)
+        self.test_confusion = ConfusionMatrix(**metric_task(self.num_classes))
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

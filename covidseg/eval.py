@@ -39,23 +39,10 @@ def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: s
         if segmenter_ckpt:
             segmenter.ckpt_path = segmenter_ckpt
         masks = MaskSource.from_config(segmenter, cache_dir=data.cache_dir)
-    return CXRDataModule(
-        root=data.root or trained["root"],
-        classes=model.class_names,
-        image_size=trained.get("image_size", 224),
-        batch_size=data.batch_size,
-        split_file=data.split_file,
-        evaluate_on=data.split,
-        on_unknown_label=data.on_unknown_label,
-        on_bad_image=data.on_bad_image,
-        mean=trained.get("mean", 0.5),
-        std=trained.get("std", 0.25),
-        input=trained.get("input", "raw"),
-        crop_to_lungs=trained.get("crop_to_lungs", False),
-        crop_margin=trained.get("crop_margin", 0.05),
-        cache_dir=data.cache_dir,
-        masks=masks,
-    )
+    return CXRDataModule.from_record(
+        trained, root=data.root or trained["root"], classes=model.class_names, batch_size=data.batch_size,
+        split_file=data.split_file, evaluate_on=data.split, limit=None, on_unknown_label=data.on_unknown_label,
+        on_bad_image=data.on_bad_image, cache_dir=data.cache_dir, masks=masks)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -69,11 +69,15 @@ def _job_key(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (sys.maxsize, name)
 
 
+def _select(ok: pd.DataFrame, backbone: str, input_: str) -> pd.DataFrame:
+    return ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]
+
+
 def _rows(jobs: pd.DataFrame) -> list[tuple[str, str]]:
     ok = jobs[jobs["status"] == "ok"]
     backbones = list(dict.fromkeys(ok["backbone"]))
     inputs = [i for i in INPUT_ORDER if i in set(ok["input"])]
-    return [(b, i) for b in backbones for i in inputs if ((ok["backbone"] == b) & (ok["input"] == i)).any()]
+    return [(b, i) for b in backbones for i in inputs if len(_select(ok, b, i))]
 
 
 # -- lung energy ---------------------------------------------------------------------------------------
@@ -89,17 +93,15 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None):
         raise UserError(f"{resolved} is missing; it is written by covidseg-train at the start of every run.")
     cfg = OmegaConf.load(resolved)
     data = OmegaConf.to_container(cfg.data)
-    data.pop("_target_", None)
-    if cache_dir:
-        data["cache_dir"] = cache_dir
+    data["cache_dir"] = cache_dir or data["cache_dir"]
     try:
         masks = MaskSource.from_config(cfg.segmenter, cache_dir=data["cache_dir"])
     except UserError:
         if data["input"] != "raw":
             raise
         masks = None  # a raw-only sweep without a segmenter: no masks, no lung energy
-    datamodule = CXRDataModule(**{**data, "split_file": str(job_dir / "splits.csv"), "evaluate_on": "test",
-                                  "limit": None}, masks=masks)
+    datamodule = CXRDataModule.from_record(data, split_file=str(job_dir / "splits.csv"), evaluate_on="test",
+                                           limit=None, masks=masks)
     datamodule.setup("test")
     test = datamodule.datasets["test"]
     if datamodule.lung_masks is None:  # raw input: the unmasked images are the ones the model saw
@@ -156,7 +158,7 @@ def summary_table(jobs: pd.DataFrame) -> pd.DataFrame:
     ok = jobs[jobs["status"] == "ok"]
     records = []
     for backbone, input_ in _rows(jobs):
-        group = ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]
+        group = _select(ok, backbone, input_)
         record: dict[str, Any] = {"backbone": backbone, "input": input_, "seeds": len(group)}
         for key, _ in METRICS:
             if key in group:
@@ -187,8 +189,8 @@ def paired_comparisons(jobs: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, p
     ok = jobs[jobs["status"] == "ok"]
     across, boot = [], []
     for backbone in dict.fromkeys(ok["backbone"]):
-        raw = ok[(ok["backbone"] == backbone) & (ok["input"] == "raw")].set_index("seed")
-        seg = ok[(ok["backbone"] == backbone) & (ok["input"] == "segmented")].set_index("seed")
+        raw = _select(ok, backbone, "raw").set_index("seed")
+        seg = _select(ok, backbone, "segmented").set_index("seed")
         seeds = sorted(set(raw.index) & set(seg.index))
         if not seeds:
             continue
@@ -266,7 +268,7 @@ def plot_curves(jobs: pd.DataFrame, out_dir: Path) -> list[str]:
     def draw(axes_row, backbone):
         for ax, (metric, label) in zip(axes_row, panels):
             for input_ in [i for i in INPUT_ORDER if i in set(ok["input"])]:
-                curves = [epoch_curves(Path(d)) for d in ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]["dir"]]
+                curves = [epoch_curves(Path(d)) for d in _select(ok, backbone, input_)["dir"]]
                 curves = [c for c in curves if c is not None]
                 if not curves:
                     continue
@@ -311,7 +313,7 @@ def plot_confusions(jobs: pd.DataFrame, out_dir: Path) -> None:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (backbone, input_) in zip(axes.ravel(), rows):
-        group = ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]
+        group = _select(ok, backbone, input_)
         best = group.loc[group["test/f1"].astype(float).idxmax()]
         matrix = np.array(json.loads(best["test/confusion"]))
         classes = json.loads((Path(best["dir"]) / "metrics.json").read_text())["classes"]
@@ -340,7 +342,8 @@ def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str |
     models = [(b, i) for b, i in _rows(jobs) if i in ("raw", "segmented")]
     loaded = {}
     for backbone, input_ in models:
-        job = ok[(ok["backbone"] == backbone) & (ok["input"] == input_) & (ok["seed"] == seed)]
+        job = _select(ok, backbone, input_)
+        job = job[job["seed"] == seed]
         if len(job):
             loaded[(backbone, input_)] = job_test_data(Path(job.iloc[0]["dir"]), cache_dir)
     if not loaded:

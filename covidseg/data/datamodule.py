@@ -6,6 +6,7 @@ as uint8, so epochs cost only augmentation and the network.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,6 +129,16 @@ class CXRDataModule(L.LightningDataModule):
         self.unmasked_images: np.ndarray | None = None
         self.lung_masks: np.ndarray | None = None
         self.masks_as_seen: np.ndarray | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], **overrides: Any) -> CXRDataModule:
+        """A run's data module rebuilt from its recorded data config (checkpoint or config_resolved.yaml).
+
+        Keys that are not parameters (`_target_`, `segmenter`) are ignored; `overrides` win.
+        """
+        parameters = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in record.items() if k in parameters and k != "self"}
+        return cls(**{**kwargs, **overrides})
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
