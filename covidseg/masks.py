@@ -46,6 +46,12 @@ def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
             max(0, cols[0] - pad_x), min(w, cols[-1] + 1 + pad_x))
 
 
+def crop_to_box(array: np.ndarray, mask: np.ndarray, margin: float) -> np.ndarray:
+    """`array` cropped to the lung box of `mask` (same shape) grown by `margin`."""
+    top, bottom, left, right = lung_box(mask, margin)
+    return array[top:bottom, left:right]
+
+
 def apply_masks(images: np.ndarray, masks: np.ndarray, mode: str, crop_to_lungs: bool = False,
                 crop_margin: float = 0.05, background: int = 0, out_size: int | None = None) -> np.ndarray:
     """segmented = image inside the lungs, `background` outside; lungs_removed = the complement.
@@ -53,28 +59,19 @@ def apply_masks(images: np.ndarray, masks: np.ndarray, mode: str, crop_to_lungs:
     With crop_to_lungs, each image is cropped to its lung box (+ margin) and resized to `out_size`
     (default: the input size); load images at a larger size first so the crop keeps detail.
     """
-    keep = masks.astype(bool) if mode == "segmented" else ~masks.astype(bool)
     if mode not in ("segmented", "lungs_removed"):
         raise ValueError(f"unknown mask mode {mode!r}")
+    keep = masks.astype(bool) if mode == "segmented" else ~masks.astype(bool)
     out = np.where(keep, images, np.uint8(background)).astype(np.uint8)
     size = out_size or images.shape[-1]
     if not crop_to_lungs:
         return out if size == images.shape[-1] else np.stack([_resize(o, size) for o in out])
-    cropped = []
-    for image, mask in zip(out, masks):
-        top, bottom, left, right = lung_box(mask, crop_margin)
-        cropped.append(_resize(image[top:bottom, left:right], size))
-    return np.stack(cropped)
+    return np.stack([_resize(crop_to_box(image, mask, crop_margin), size) for image, mask in zip(out, masks)])
 
 
 def masks_as_seen(masks: np.ndarray, crop_to_lungs: bool, crop_margin: float, size: int) -> np.ndarray:
     """Lung masks in the classifier's frame: cropped like the images (crop_to_lungs) and resized to `size`."""
-    out = []
-    for mask in masks:
-        if crop_to_lungs:
-            top, bottom, left, right = lung_box(mask, crop_margin)
-            mask = mask[top:bottom, left:right]
-        out.append(resize_mask(mask, size))
+    out = [resize_mask(crop_to_box(mask, mask, crop_margin) if crop_to_lungs else mask, size) for mask in masks]
     return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
 
 
@@ -108,10 +105,10 @@ class MaskSource:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], cache_dir: str | Path) -> MaskSource:
-        """From the `segmenter` config group (ckpt_path, postprocess, batch_size, background, area bounds)."""
-        return cls(cfg["ckpt_path"], cache_dir, postprocess=cfg.get("postprocess"), batch_size=cfg.get("batch_size", 16),
-                   background=cfg.get("background", 0), min_area_fraction=cfg.get("min_area_fraction", 0.08),
-                   max_area_fraction=cfg.get("max_area_fraction", 0.65))
+        """From the `segmenter` config group (ckpt_path, postprocess, batch_size, background, area bounds);
+        settings the group does not give keep the constructor's defaults."""
+        keys = ("postprocess", "batch_size", "background", "min_area_fraction", "max_area_fraction")
+        return cls(cfg["ckpt_path"], cache_dir, **{k: cfg[k] for k in keys if k in cfg})
 
     def _path(self, image_digest: str) -> Path:
         key = hashlib.sha1(f"{image_digest}:{self._settings_key}".encode()).hexdigest()
