@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from covidseg.errors import UserError
+from covidseg.paths import CONF_DIR, register_resolvers
 
 log = logging.getLogger("covidseg")
 
@@ -67,3 +69,15 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         (run_dir() / FAILED_FILE).write_text(json.dumps(record, indent=2))
         log.error("Job failed, sweep continues (details in %s): %s", run_dir() / FAILED_FILE, record["error"])
         return None
+
+
+def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """A console-script `main` that composes conf/<config_name>.yaml (plus command-line overrides) and runs
+    `task` on it through run_job."""
+    register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> Any:
+        return run_job(task, cfg)
+
+    return main

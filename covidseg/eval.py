@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from covidseg.classification import Classifier
-from covidseg.cli import run_dir, run_job
-from covidseg.data.datamodule import CXRDataModule
-from covidseg.errors import UserError, load_checkpoint
-from covidseg.paths import CONF_DIR, register_resolvers
-from covidseg.train import test_and_write
+from covidseg.cli import hydra_entry, run_dir
+from covidseg.evaluation import evaluation_datamodule, test_and_write
+from covidseg.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
-register_resolvers()
-
-
-def load_classifier(ckpt_path: str | Path) -> Classifier:
-    return load_checkpoint(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")
-
-
-def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: str | None) -> CXRDataModule:
-    """The training run's preprocessing (size, normalisation, input mode) on the data asked for."""
-    trained = dict(model.hparams.data_config or {})
-    if data.split != "all" and not data.split_file:
-        raise UserError(f"data.split={data.split} needs data.split_file (e.g. <train run>/splits.csv).")
-    masks = None
-    if trained.get("input", "raw") != "raw":
-        from covidseg.masks import MaskSource
-
-        segmenter = OmegaConf.create(trained["segmenter"])
-        if segmenter_ckpt:
-            segmenter.ckpt_path = segmenter_ckpt
-        masks = MaskSource.from_config(segmenter, cache_dir=data.cache_dir)
-    return CXRDataModule.from_record(
-        trained, root=data.root or trained["root"], classes=model.class_names, batch_size=data.batch_size,
-        split_file=data.split_file, evaluate_on=data.split, limit=None, on_unknown_label=data.on_unknown_label,
-        on_bad_image=data.on_bad_image, cache_dir=data.cache_dir, masks=masks)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -64,10 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    run_job(evaluate, cfg)
-
+main = hydra_entry("eval", evaluate)
 
 if __name__ == "__main__":
     main()

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from covidseg.cli import run_dir, run_job
-from covidseg.paths import CONF_DIR, register_resolvers
-from covidseg.segmentation import LungMaskDataModule, load_segmenter
-from covidseg.train_segmenter import test_segmenter
-
-register_resolvers()
+from covidseg.cli import hydra_entry, run_dir
+from covidseg.data.lung_masks import LungMaskDataModule
+from covidseg.evaluation import test_segmenter
+from covidseg.models.segmenter import load_segmenter
 
 
 def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
@@ -28,10 +25,7 @@ def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
     return test_segmenter(trainer, model, datamodule, run_dir(), None, cfg.overlays, extra)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval_segmenter")
-def main(cfg: DictConfig) -> None:
-    run_job(evaluate_segmenter, cfg)
-
+main = hydra_entry("eval_segmenter", evaluate_segmenter)
 
 if __name__ == "__main__":
     main()

@@ -99,7 +99,7 @@ def test_evaluation_accepts_a_data_set_without_some_classes(tmp_path):
 
 
 def test_lung_masks_in_0_1_or_0_255_and_empty_masks(tmp_path):
-    from covidseg.segmentation import LungMaskDataModule
+    from covidseg.data.lung_masks import LungMaskDataModule
 
     (tmp_path / "m").mkdir()
     rows = []
@@ -113,7 +113,7 @@ def test_lung_masks_in_0_1_or_0_255_and_empty_masks(tmp_path):
     dm = LungMaskDataModule(str(tmp_path), image_size=20, cache_dir=str(tmp_path / "cache"))
     dm.setup()
     for dataset in dm.datasets.values():
-        assert (dataset.masks.sum(dim=(1, 2, 3)) == 60).all()  # 10 x 6 lung pixels, whatever the peak value
+        assert (dataset.targets.sum(dim=(1, 2, 3)) == 60).all()  # 10 x 6 lung pixels, whatever the peak value
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "m" / "m3.png")
     with pytest.raises(UserError, match=r"empty.*m/m3.png"):
         LungMaskDataModule(str(tmp_path), image_size=20, cache_dir=str(tmp_path / "cache")).setup()

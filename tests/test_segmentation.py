@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from covidseg.errors import UserError
-from covidseg.masks import MaskSource, apply_masks, lung_box
-from covidseg.segmentation import dice_iou, postprocess
+from covidseg.data.transforms import apply_masks, lung_box
+from covidseg.masks import MaskSource
+from covidseg.models.segmenter import dice_iou, postprocess
 from tests.conftest import read_metrics, run_cli
 
 

@@ -12,60 +12,33 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.images import ImageCache
 from covidseg.data.manifest import read_manifest, select_classes, stratified_subset
-from covidseg.data.split import SPLITS, check_no_leakage, read_split_file, split_by_patient, write_splits
+from covidseg.data.split import (
+    DEFAULT_SPLIT_RATIOS,
+    SPLITS,
+    check_no_leakage,
+    read_split_file,
+    split_by_patient,
+    write_splits,
+)
+from covidseg.data.transforms import MASK_MODES, apply_masks, build_augmentation
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
 
 log = logging.getLogger(__name__)
 
-INPUT_MODES = ("raw", "segmented", "lungs_removed")
+INPUT_MODES = ("raw", *MASK_MODES)
 BALANCE_MODES = ("weighted_loss", "sampler", "none")
 
 
-class XrayDataset(Dataset):
-    """In-memory uint8 images (N, H, W) and targets; normalised float tensors (1, H, W) out."""
-
-    def __init__(self, images: np.ndarray, targets: np.ndarray, mean: float, std: float,
-                 transform: v2.Transform | None = None):
-        self.images = torch.from_numpy(images).unsqueeze(1)
-        self.targets = torch.from_numpy(targets.astype(np.int64))
-        self.mean, self.std = mean, std
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index].float().div_(255.0)
-        if self.transform is not None:
-            image = self.transform(image).clamp_(0.0, 1.0)
-        return (image - self.mean) / self.std, self.targets[index]
-
-
-def build_augmentation(rotation: float = 0.0, translate: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
-                       brightness: float = 0.0, contrast: float = 0.0, hflip: bool = False) -> v2.Transform | None:
-    """Light geometric + intensity augmentation. No horizontal flip unless asked: laterality matters."""
-    steps: list[v2.Transform] = []
-    if rotation or translate or tuple(scale) != (1.0, 1.0):
-        steps.append(v2.RandomAffine(degrees=rotation, translate=(translate, translate) if translate else None,
-                                     scale=tuple(scale)))
-    if brightness or contrast:
-        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps) if steps else None
-
-
-class CXRDataModule(L.LightningDataModule):
+class CXRDataModule(ArrayDataModule):
     """Chest X-ray classification data, raw or lung-masked, split by patient.
 
     `evaluate_on` is for evaluation runs: `all` puts every image into the test set (no split),
@@ -96,7 +69,7 @@ class CXRDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         masks: Any = None,
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if input not in INPUT_MODES:
             raise UserError(f"data.input must be one of {INPUT_MODES}, got {input!r}.")
         if balance not in BALANCE_MODES:
@@ -106,11 +79,9 @@ class CXRDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.classes = list(classes)
         self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.limit = int(limit) if limit else None
         self.seed = int(seed)
-        self.split_ratios = dict(split_ratios or {"train": 0.7, "test": 0.2, "val": 0.1})
+        self.split_ratios = dict(split_ratios or DEFAULT_SPLIT_RATIOS)
         self.split_file = split_file
         self.evaluate_on = evaluate_on
         self.on_unknown_label = on_unknown_label
@@ -121,14 +92,10 @@ class CXRDataModule(L.LightningDataModule):
         self.input = input
         self.crop_to_lungs = bool(crop_to_lungs)
         self.crop_margin = float(crop_margin)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.masks = masks  # a covidseg.masks.MaskSource, needed unless input == raw
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.masks = masks  # a covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw
         self.table: pd.DataFrame | None = None
         self.stats: dict[str, Any] = {}
-        self.datasets: dict[str, XrayDataset] = {}
-        self.unmasked_images: np.ndarray | None = None
-        self.lung_masks: np.ndarray | None = None
-        self.masks_as_seen: np.ndarray | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], **overrides: Any) -> CXRDataModule:
@@ -152,9 +119,7 @@ class CXRDataModule(L.LightningDataModule):
         table["split"] = self._assign_splits(table)
         unused = int((table["split"] == "unused").sum())
         table = table[table["split"] != "unused"].reset_index(drop=True)
-        # Cropping to the lungs enlarges the crop again, so load at twice the size to keep detail.
-        load_size = self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
-        cache = ImageCache(self.cache_dir or default_cache_dir(), load_size)
+        cache = ImageCache(self.cache_dir, self.load_size)
         images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
         skipped_paths = list(table["path"].iloc[skipped])
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
@@ -162,6 +127,7 @@ class CXRDataModule(L.LightningDataModule):
         check_no_leakage(table)
         self.stats = {
             "dropped_labels": dropped,
+            "split_ratios": None if self.evaluate_on else self.split_ratios,
             "skipped_images": skipped_paths,
             "n_skipped_images": len(skipped_paths),
             "n_unused_images": unused,
@@ -176,8 +142,8 @@ class CXRDataModule(L.LightningDataModule):
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
             transform = self.augmentation if split == "train" and not self.evaluate_on else None
-            self.datasets[split] = XrayDataset(images[rows], table.loc[rows, "target"].to_numpy(),
-                                               self.mean, self.std, transform)
+            self.datasets[split] = ArrayDataset(images[rows], table.loc[rows, "target"].to_numpy(),
+                                                self.mean, self.std, transform)
         log.info("Data %s: %s", self.root, {k: v for k, v in self.stats.items() if k.startswith(("n_", "patients_"))})
 
     def _assign_splits(self, table: pd.DataFrame) -> pd.Series:
@@ -191,22 +157,18 @@ class CXRDataModule(L.LightningDataModule):
             splits = splits.where(splits == self.evaluate_on, "unused").replace(self.evaluate_on, "test")
         return splits
 
+    @property
+    def load_size(self) -> int:
+        """Size images are decoded at: cropping to the lungs enlarges the crop again, so twice the size then."""
+        return self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
+
     def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
         if self.masks is None:
             raise UserError(f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`).")
-        from covidseg.masks import apply_masks, masks_as_seen
-
         masks = self.masks.masks_for(files, digests, size=images.shape[-1])
         self.stats.update(self.masks.stats())
-        self.unmasked_images, self.lung_masks = images, masks  # kept for the mask quality report
-        self.masks_as_seen = masks_as_seen(masks, self.crop_to_lungs, self.crop_margin, self.image_size)  # for CAMs
         return apply_masks(images, masks, self.input, self.crop_to_lungs, self.crop_margin,
                            background=self.masks.background, out_size=self.image_size)
-
-    def write_mask_report(self, out_dir: str | Path) -> None:
-        """mask_stats.csv + masks_overview.png for the masks this run used (segmented input only)."""
-        if self.masks is not None and self.lung_masks is not None:
-            self.masks.quality_report(self.table, self.unmasked_images, self.lung_masks, out_dir, seed=self.seed)
 
     # -- what the model and entry points need -----------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
@@ -228,12 +190,8 @@ class CXRDataModule(L.LightningDataModule):
         write_splits(self.table, path)
 
     # -- loaders --------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool = False, sampler: Any = None) -> DataLoader:
-        dataset = self.datasets[split]
-        if len(dataset) == 0:
-            raise UserError(f"The {split} split is empty ({self.stats}); use more data or other split ratios.")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def describe_empty(self, split: str) -> str:
+        return f"The {split} split is empty ({self.stats}); use more data or other split ratios."
 
     def train_dataloader(self) -> DataLoader:
         if self.balance == "sampler":
@@ -243,12 +201,6 @@ class CXRDataModule(L.LightningDataModule):
             sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), generator=generator)
             return self._loader("train", sampler=sampler)
         return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")

@@ -14,6 +14,8 @@ from covidseg.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# The study's 7:2:1 (train:test:val), by patient.
+DEFAULT_SPLIT_RATIOS = {"train": 0.7, "test": 0.2, "val": 0.1}
 
 
 def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int) -> pd.Series:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,11 @@ from torchmetrics.classification import (
     Specificity,
 )
 
-from covidseg.errors import UserError
+from covidseg.errors import UserError, load_checkpoint
+from covidseg.metrics import METRIC_NAMES
+from covidseg.models.base import BaseTask
 
-METRIC_NAMES = ("acc", "precision", "recall", "specificity", "f1", "auroc")
+
 
 
 def check_backbone(name: str) -> None:
@@ -63,7 +65,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     })
 
 
-class Classifier(L.LightningModule):
+class Classifier(BaseTask):
     """timm backbone + loss + metrics. Two classes use one logit and binary cross-entropy (as the
     study did); more classes use softmax cross-entropy. `class_weights` (one per class) re-weight
     the loss against class imbalance."""
@@ -81,7 +83,7 @@ class Classifier(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         data_config: Mapping[str, Any] | None = None,
     ):
-        super().__init__()
+        super().__init__(optimizer, scheduler, scheduler_monitor, default_lr=0.002)
         # The optimizer/scheduler factories are not needed to rebuild the model from a checkpoint.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.class_names = list(class_names)
@@ -89,9 +91,6 @@ class Classifier(L.LightningModule):
         self.binary = self.num_classes == 2
         self.net = create_backbone(backbone, pretrained, 1 if self.binary else self.num_classes, in_chans,
                                    drop_rate=drop_rate)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_monitor = scheduler_monitor
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.train_metrics = classification_metrics(self.num_classes).clone(prefix="train/")
@@ -165,11 +164,6 @@ class Classifier(L.LightningModule):
         targets = torch.cat([t for _, t in self.test_outputs]) if self.test_outputs else torch.zeros(0, dtype=torch.long)
         return {"confusion": self.test_confusion.compute().cpu().tolist(), "probs": probs, "targets": targets}
 
-    def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=0.002))
-        optimizer = factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"}}
+
+def load_classifier(ckpt_path: str | Path) -> Classifier:
+    return load_checkpoint(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")

@@ -1,0 +1,85 @@
+"""What happens to pixels between the cache and the network: augmentation, and applying lung masks.
+
+Image and mask travel through the same functions, so there is one code path for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from torchvision.transforms import v2
+
+MASK_MODES = ("segmented", "lungs_removed")
+
+
+def build_augmentation(rotation: float = 0.0, translate: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
+                       brightness: float = 0.0, contrast: float = 0.0, hflip: bool = False) -> v2.Transform | None:
+    """Light geometric + intensity augmentation. No horizontal flip unless asked: laterality matters.
+
+    torchvision v2 applies one draw of the random parameters to an image and its tv_tensors.Mask alike.
+    """
+    steps: list[v2.Transform] = []
+    if rotation or translate or tuple(scale) != (1.0, 1.0):
+        steps.append(v2.RandomAffine(degrees=rotation, translate=(translate, translate) if translate else None,
+                                     scale=tuple(scale)))
+    if brightness or contrast:
+        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps) if steps else None
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 image to (size, size) by area averaging (BOX), as the image cache does."""
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """0/1 mask to (size, size): interpolate then threshold at 0.5, so thin borders stay faithful."""
+    if mask.shape == (size, size):
+        return mask
+    resized = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
+    return (np.asarray(resized) >= 0.5).astype(np.uint8)
+
+
+def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the mask's bounding box grown by `margin` x image size; whole
+    image if the mask is empty."""
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return 0, h, 0, w
+    pad_y, pad_x = int(round(margin * h)), int(round(margin * w))
+    return (max(0, rows[0] - pad_y), min(h, rows[-1] + 1 + pad_y),
+            max(0, cols[0] - pad_x), min(w, cols[-1] + 1 + pad_x))
+
+
+def crop_to_box(array: np.ndarray, mask: np.ndarray, margin: float) -> np.ndarray:
+    """`array` cropped to the lung box of `mask` (same shape) grown by `margin`."""
+    top, bottom, left, right = lung_box(mask, margin)
+    return array[top:bottom, left:right]
+
+
+def apply_masks(images: np.ndarray, masks: np.ndarray, mode: str, crop_to_lungs: bool = False,
+                crop_margin: float = 0.05, background: int = 0, out_size: int | None = None) -> np.ndarray:
+    """segmented = image inside the lungs, `background` outside; lungs_removed = the complement.
+
+    With crop_to_lungs, each image is cropped to its lung box (+ margin) and resized to `out_size`
+    (default: the input size); load images at a larger size first so the crop keeps detail.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}")
+    keep = masks.astype(bool) if mode == "segmented" else ~masks.astype(bool)
+    out = np.where(keep, images, np.uint8(background)).astype(np.uint8)
+    size = out_size or images.shape[-1]
+    if not crop_to_lungs:
+        return out if size == images.shape[-1] else np.stack([resize_image(o, size) for o in out])
+    return np.stack([resize_image(crop_to_box(image, mask, crop_margin), size) for image, mask in zip(out, masks)])
+
+
+def masks_as_seen(masks: np.ndarray, crop_to_lungs: bool, crop_margin: float, size: int) -> np.ndarray:
+    """Lung masks in the classifier's frame: cropped like the images (crop_to_lungs) and resized to `size`."""
+    out = [resize_mask(crop_to_box(mask, mask, crop_margin) if crop_to_lungs else mask, size) for mask in masks]
+    return np.stack(out) if out else np.zeros((0, size, size), np.uint8)

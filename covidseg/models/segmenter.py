@@ -1,0 +1,137 @@
+"""Stage 1: the lung segmenter (any segmentation-models-pytorch architecture/encoder), its
+post-processing and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from covidseg.errors import UserError, load_checkpoint
+from covidseg.models.base import BaseTask
+
+log = logging.getLogger(__name__)
+
+
+# -- post-processing and metrics --------------------------------------------------------------------
+def postprocess(prob: np.ndarray, threshold: float = 0.5, keep_components: int = 2, fill_holes: bool = True,
+                dilate_px: int = 0) -> np.ndarray:
+    """Binary lung mask from a probability map: threshold, keep the `keep_components` largest connected
+    components (two lungs; 0 keeps all), fill holes (opacities inside a lung), then optionally dilate
+    by `dilate_px` pixels so lung borders are not cut off when the mask is applied."""
+    mask = np.asarray(prob) >= threshold
+    if keep_components and mask.any():
+        labels, count = ndimage.label(mask)
+        if count > keep_components:
+            sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
+            keep = 1 + np.argsort(sizes)[::-1][:keep_components]
+            mask = np.isin(labels, keep)
+    if fill_holes:
+        # The gap between the lungs reaches the image border, so it is not a hole and stays open.
+        mask = ndimage.binary_fill_holes(mask)
+    if dilate_px:
+        disk = _disk(int(dilate_px))
+        mask = ndimage.binary_dilation(mask, structure=disk)
+    return mask.astype(np.uint8)
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two binary masks (both empty counts as a perfect match)."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    inter = float(np.logical_and(pred, truth).sum())
+    total = float(pred.sum() + truth.sum())
+    union = float(np.logical_or(pred, truth).sum())
+    if total == 0:
+        return 1.0, 1.0
+    return 2 * inter / total, inter / union
+
+
+# -- model ----------------------------------------------------------------------------------------
+def create_segmentation_net(arch: str, encoder: str, encoder_weights: str | None) -> torch.nn.Module:
+    """smp.create_model with one input channel and one output (lung logit); readable errors."""
+    try:
+        return smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=1, classes=1)
+    except KeyError as err:
+        # smp's KeyError text lists the valid names; say which option it is about.
+        option = "segmenter.arch" if "architecture" in str(err) else "segmenter.encoder"
+        raise UserError(f"{option}: {err.args[0]} (timm encoders work as 'tu-<timm name>').") from err
+
+
+class Segmenter(BaseTask):
+    """Lung segmentation network trained with Dice + BCE; metrics are computed on post-processed masks."""
+
+    def __init__(self, arch: str = "Unet", encoder: str = "resnet18", encoder_weights: str | None = None,
+                 image_size: int = 256, mean: float = 0.5, std: float = 0.25,
+                 postprocess: Mapping[str, Any] | None = None, loss_weights: Mapping[str, float] | None = None,
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 scheduler: Callable[..., Any] | None = None, scheduler_monitor: str = "val/loss"):
+        super().__init__(optimizer, scheduler, scheduler_monitor, default_lr=1e-3)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = create_segmentation_net(arch, encoder, encoder_weights)
+        self.postprocess_settings = dict(postprocess or {})
+        self.loss_weights = dict(loss_weights or {"dice": 1.0, "bce": 1.0})
+        self.dice_loss = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        self.scores: dict[str, list[tuple[float, float]]] = {"val": [], "test": []}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (self.loss_weights.get("dice", 0.0) * self.dice_loss(logits, mask)
+                + self.loss_weights.get("bce", 0.0) * F.binary_cross_entropy_with_logits(logits, mask))
+
+    def predict_masks(self, x: torch.Tensor) -> np.ndarray:
+        """Post-processed 0/1 masks (N, H, W) for a normalised batch."""
+        probs = torch.sigmoid(self(x).float()).squeeze(1).cpu().numpy()
+        return np.stack([postprocess(p, **self.postprocess_settings) for p in probs])
+
+    def training_step(self, batch, batch_idx):
+        x, mask = batch
+        loss = self.loss(self(x), mask)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, mask = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.loss(logits, mask), on_step=False, on_epoch=True, batch_size=len(x))
+        probs = torch.sigmoid(logits.float()).squeeze(1).cpu().numpy()
+        truth = mask.squeeze(1).cpu().numpy()
+        for p, t in zip(probs, truth):
+            self.scores[stage].append(dice_iou(postprocess(p, **self.postprocess_settings), t))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _log_scores(self, stage: str) -> None:
+        scores = np.array(self.scores[stage]).reshape(-1, 2)
+        if len(scores):
+            self.log(f"{stage}/dice", float(scores[:, 0].mean()), prog_bar=stage == "val")
+            self.log(f"{stage}/iou", float(scores[:, 1].mean()))
+        self.scores[stage] = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+
+def load_segmenter(ckpt_path: str | Path) -> Segmenter:
+    return load_checkpoint(Segmenter, ckpt_path, "Train a segmenter with `make segmenter` (or "
+                           "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.")

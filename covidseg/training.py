@@ -1,0 +1,65 @@
+"""Fitting any covidseg LightningModule from a Hydra config: loggers, callbacks, trainer, then evaluation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from covidseg.tracking import finish_wandb
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every entry of a config group that has a `_target_` (callbacks, loggers), built."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule,
+                     group: str | None, tags: list[str],
+                     evaluate: Callable[[L.Trainer, str | None, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
+
+    Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
+    Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
+    """
+    if "wandb" in (cfg.logger or {}):
+        cfg.logger.wandb.group = group
+        cfg.logger.wandb.tags = [*cfg.tags, *tags]
+    loggers = instantiate_all(cfg.logger)
+    failed = True
+    try:
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        seconds = time.perf_counter() - start
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        fit_info = {
+            "best_epoch": int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch,
+            "epochs_run": 1 if trainer.fast_dev_run else trainer.current_epoch,
+            "best_ckpt": best,
+            "train_seconds": round(seconds, 2),
+        }
+        if trainer.world_size > 1:
+            # Test on one device: under DDP a DistributedSampler would split (and pad) the test set.
+            trainer.strategy.barrier()
+            rank = trainer.global_rank
+            torch.distributed.destroy_process_group()  # else torchmetrics would sync with finished ranks
+            if rank != 0:
+                failed = False
+                return {}
+            trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                                logger=False, enable_checkpointing=False, default_root_dir=cfg.trainer.default_root_dir)
+        metrics = evaluate(trainer, best or None, fit_info)
+        for logger in loggers:
+            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        failed = False
+    finally:
+        finish_wandb(loggers, failed)
+    return metrics
