@@ -31,17 +31,18 @@ segmenter:
 	$(BIN)/covidseg-train-segmenter hydra.run.dir=$${COVIDSEG_LOG_DIR:-logs}/segmenter/default $(ARGS)
 
 # The comparison study (backbones x raw/segmented x seeds), then its report. Needs `make segmenter`.
+# The report is written also when some jobs failed (it lists them); make still fails then.
+STUDY = $(BIN)/covidseg-train experiment=$(1) hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/$(1) $(ARGS); \
+	status=$$?; $(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/$(1) && exit $$status
+
 study:
-	$(BIN)/covidseg-train experiment=compare hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/compare $(ARGS)
-	$(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/compare
+	$(call STUDY,compare)
 
 study-quick:
-	$(BIN)/covidseg-train experiment=compare_quick hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/compare_quick $(ARGS)
-	$(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/compare_quick
+	$(call STUDY,compare_quick)
 
 study-gpu:
-	$(BIN)/covidseg-train experiment=compare_gpu hydra.sweep.dir=$${COVIDSEG_LOG_DIR:-logs}/study/compare_gpu $(ARGS)
-	$(BIN)/covidseg-report $${COVIDSEG_LOG_DIR:-logs}/study/compare_gpu
+	$(call STUDY,compare_gpu)
 
 # make report SWEEP=logs/study/compare
 report:

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -81,3 +82,28 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
         return run_job(task, cfg)
 
     return main
+
+
+class SweepSummary(Callback):
+    """Ends a multirun with one line per failed job and a count, and exits 1 if any job failed.
+
+    Jobs record their own outcome (metrics.json or failed.json), so this also works with launchers
+    that run jobs in other processes or on other machines sharing the sweep folder.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda p: (len(p.name), p.name))
+        failed = {job.name: _failure(job) for job in jobs if not (job / "metrics.json").is_file()}
+        print(f"Sweep {sweep}: {len(jobs) - len(failed)} of {len(jobs)} job(s) finished, {len(failed)} failed.")
+        for name, why in failed.items():
+            print(f"  job {name} failed: {why}")
+        if failed:
+            raise SystemExit(1)
+
+
+def _failure(job: Path) -> str:
+    record = job / FAILED_FILE
+    if record.is_file():
+        return json.loads(record.read_text()).get("error", "see " + str(record))
+    return "no metrics.json (killed, or still running)"

@@ -16,10 +16,11 @@ def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
     sweep = base / "sweep"
     own_cache = {"COVIDSEG_CACHE_DIR": str(base / "cache")}  # so mask-cache counts are this sweep's alone
     # resnet181 is a typo on purpose: that job must fail alone and be reported.
-    run_cli("covidseg-train", "-m", "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
-            "data.input=raw,segmented", "seed=0", "data.image_size=64", "data.limit=60", "data.batch_size=16",
-            "trainer.max_epochs=2", "logger=wandb", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
-            f"hydra.sweep.dir={sweep}", env=own_cache)
+    result = run_cli("covidseg-train", "-m", "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
+                     "data.input=raw,segmented", "seed=0", "data.image_size=64", "data.limit=60", "data.batch_size=16",
+                     "trainer.max_epochs=2", "logger=wandb", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
+                     f"hydra.sweep.dir={sweep}", env=own_cache, check=False)
+    (base / "sweep_output.txt").write_text(f"{result.returncode}\n{result.stdout}")
     run_cli("covidseg-report", str(sweep), "--n-boot", "200", "--energy-images", "8", "--cam-images", "4", env=own_cache)
     return sweep
 
@@ -43,6 +44,14 @@ def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
     # the masks for the sweep were predicted once: only the first segmented job missed the cache
     assert sorted(segmented["mask_cache_misses"]) == [0, segmented["n_train"].iloc[0] + segmented["n_val"].iloc[0]
                                                      + segmented["n_test"].iloc[0]]
+
+
+@pytest.mark.slow
+def test_a_sweep_with_failed_jobs_ends_with_a_summary_and_exit_code_1(tiny_sweep):
+    code, output = (tiny_sweep.parent / "sweep_output.txt").read_text().split("\n", 1)
+    assert code == "1"
+    assert f"Sweep {tiny_sweep}: 4 of 6 job(s) finished, 2 failed." in output
+    assert len(re.findall(r"job \d failed: UserError: model.backbone='resnet181' is not a timm model", output)) == 2
 
 
 @pytest.mark.slow
