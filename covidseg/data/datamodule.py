@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from covidseg.data.images import ImageCache
-from covidseg.data.manifest import read_manifest, select_classes, stratified_subset
-from covidseg.data.split import SPLITS, check_no_leakage, read_split_file, split_by_patient, write_splits
+from covidseg.data.images import MIN_SIDE, ImageCache
+from covidseg.data.manifest import load_manifest, select_classes, stratified_subset
+from covidseg.data.split import (SPLITS, check_classes_in_splits, check_no_leakage, read_split_file,
+                                 split_by_patient, write_splits)
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
 
@@ -144,8 +145,8 @@ class CXRDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        table = read_manifest(self.root)
-        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=str(self.root),
+        table, manifest = load_manifest(self.root)
+        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=manifest.source,
                                         require_all=not self.evaluate_on)
         if self.limit:
             table = stratified_subset(table, self.limit, self.seed)
@@ -154,17 +155,21 @@ class CXRDataModule(L.LightningDataModule):
         table = table[table["split"] != "unused"].reset_index(drop=True)
         # Cropping to the lungs enlarges the crop again, so load at twice the size to keep detail.
         load_size = self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
-        cache = ImageCache(self.cache_dir or default_cache_dir(), load_size)
+        cache = ImageCache(self.cache_dir or default_cache_dir(), load_size, min_side=MIN_SIDE)
         images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
         skipped_paths = list(table["path"].iloc[skipped])
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
         table["digest"] = digests
         check_no_leakage(table)
+        if not self.evaluate_on:
+            check_classes_in_splits(table, self.classes, self._split_fix())
         self.stats = {
             "dropped_labels": dropped,
             "skipped_images": skipped_paths,
             "n_skipped_images": len(skipped_paths),
             "n_unused_images": unused,
+            "skipped_image_reasons": dict(cache.skip_reasons),
+            **manifest.stats(),
             "image_cache_hits": cache.hits,
             "image_cache_misses": cache.misses,
             **{f"n_{s}": int((table["split"] == s).sum()) for s in SPLITS},
@@ -190,6 +195,13 @@ class CXRDataModule(L.LightningDataModule):
         if self.evaluate_on:  # keep only the asked-for split, evaluated as "test"
             splits = splits.where(splits == self.evaluate_on, "unused").replace(self.evaluate_on, "test")
         return splits
+
+    def _split_fix(self) -> str:
+        if self.split_file:
+            return (f"Fix {self.split_file} so that each split has images of every class, or set "
+                    "data.split_file=null.")
+        return (f"Use more data (more patients of that class), a larger data.limit (now {self.limit or 'null'}) "
+                f"or other data.split_ratios (now {self.split_ratios}); a class needs at least 3 patients.")
 
     def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
         if self.masks is None:
