@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from covidseg.config_checks import check_config
 from covidseg.errors import UserError
 from covidseg.paths import CONF_DIR, register_resolvers
 
@@ -58,6 +59,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """
     clear_stale_outputs(run_dir())
     try:
+        check_config(cfg)
         return task(cfg)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or reported
         if not in_multirun():

@@ -18,11 +18,12 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
-from covidseg.data.images import ImageCache
-from covidseg.data.manifest import read_manifest, select_classes, stratified_subset
+from covidseg.data.images import MIN_SIDE, ImageCache
+from covidseg.data.manifest import load_manifest, select_classes, stratified_subset
 from covidseg.data.split import (
     DEFAULT_SPLIT_RATIOS,
     SPLITS,
+    check_classes_in_splits,
     check_no_leakage,
     read_split_file,
     split_by_patient,
@@ -111,26 +112,30 @@ class CXRDataModule(ArrayDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        table = read_manifest(self.root)
-        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=str(self.root),
+        table, manifest = load_manifest(self.root)
+        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=manifest.source,
                                         require_all=not self.evaluate_on)
         if self.limit:
             table = stratified_subset(table, self.limit, self.seed)
         table["split"] = self._assign_splits(table)
         unused = int((table["split"] == "unused").sum())
         table = table[table["split"] != "unused"].reset_index(drop=True)
-        cache = ImageCache(self.cache_dir, self.load_size)
+        cache = ImageCache(self.cache_dir, self.load_size, min_side=MIN_SIDE)
         images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
         skipped_paths = list(table["path"].iloc[skipped])
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
         table["digest"] = digests
         check_no_leakage(table)
+        if not self.evaluate_on:
+            check_classes_in_splits(table, self.classes, self._split_fix())
         self.stats = {
             "dropped_labels": dropped,
             "split_ratios": None if self.evaluate_on else self.split_ratios,
             "skipped_images": skipped_paths,
             "n_skipped_images": len(skipped_paths),
             "n_unused_images": unused,
+            "skipped_image_reasons": dict(cache.skip_reasons),
+            **manifest.stats(),
             "image_cache_hits": cache.hits,
             "image_cache_misses": cache.misses,
             **{f"n_{s}": int((table["split"] == s).sum()) for s in SPLITS},
@@ -161,6 +166,13 @@ class CXRDataModule(ArrayDataModule):
     def load_size(self) -> int:
         """Size images are decoded at: cropping to the lungs enlarges the crop again, so twice the size then."""
         return self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
+
+    def _split_fix(self) -> str:
+        if self.split_file:
+            return (f"Fix {self.split_file} so that each split has images of every class, or set "
+                    "data.split_file=null.")
+        return (f"Use more data (more patients of that class), a larger data.limit (now {self.limit or 'null'}) "
+                f"or other data.split_ratios (now {self.split_ratios}); a class needs at least 3 patients.")
 
     def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
         if self.masks is None:

@@ -10,15 +10,25 @@ square with area-averaging ("box") resampling.
 The cache key is the SHA-1 of the file's bytes plus the size, so renamed or moved files still hit
 and edited files miss. Files are written to a temporary name and renamed, so concurrent runs never
 read half-written arrays. Deleting the cache folder only costs time.
+
+Refused images (`BadImage`, a UserError): unreadable files, images smaller than `min_side` on either
+side (the classifier uses MIN_SIDE: a 1x1 file would become a flat grey square), and images above
+PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS; PIL only warns between 1x and 2x the limit,
+covidseg refuses both). The checks read only the header and run before the cache is consulted, so a
+refused image never gets a cache entry and an entry cached before a check existed is not trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +39,51 @@ from covidseg.errors import UserError
 log = logging.getLogger(__name__)
 
 
+MIN_SIDE = 32  # smallest source image (px, either side) the classifier accepts
+SKIP_LOG_LIMIT = 5  # skipped images named one by one in the log; the rest only in the summary
+FIX = "Replace or remove the file, or set data.on_bad_image=skip."
+
+
+class BadImage(UserError):
+    """An image file covidseg refuses; `reason` (unreadable, too_small, too_large) is counted in skip mode."""
+
+    def __init__(self, problem: str, reason: str, fix: str = FIX):
+        super().__init__(f"{problem} {fix}")
+        self.problem, self.reason = problem, reason
+
+
 def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
+
+
+@contextmanager
+def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[Image.Image]:
+    """The opened (not yet decoded) image in `data`, after the size checks; every failure is a BadImage."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if min(width, height) < min_side:
+                    raise BadImage(f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} "
+                                   "px on each side (a smaller image holds no usable X-ray detail).",
+                                   "too_small")
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImage(f"Image {path} is too large to decode safely: {err}", "too_large",
+                       "Downscale the file (it is resized to data.image_size anyway), or remove it, or set "
+                       "data.on_bad_image=skip.") from err
+    except UnidentifiedImageError as err:
+        raise BadImage(f"Cannot read image {path}: not in a format PIL can read.", "unreadable") from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
 
 
 def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
@@ -47,16 +100,12 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def decode(path: str | Path, size: int) -> np.ndarray:
-    """Read one image file and return it as a (size, size) uint8 array."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            gray = to_grayscale_uint8(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise UserError(
-            f"Cannot read image {path}: {err}. Replace or remove the file, or set data.on_bad_image=skip."
-        ) from err
+def decode(path: str | Path, size: int, min_side: int = 0, data: bytes | None = None) -> np.ndarray:
+    """Read one image file (or its bytes, if given) and return it as a (size, size) uint8 array."""
+    data = read_image_bytes(path) if data is None else data
+    with open_checked(path, data, min_side) as image:
+        image.load()
+        gray = to_grayscale_uint8(image)
     resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BOX)
     return np.asarray(resized, dtype=np.uint8)
 
@@ -75,17 +124,25 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
 
 
 class ImageCache:
-    """Decoded, resized uint8 images on disk under `root/images/<size>/`, keyed by file content."""
+    """Decoded, resized uint8 images on disk under `root/images/<size>/`, keyed by file content.
 
-    def __init__(self, root: str | Path, size: int):
+    min_side: smaller source images are refused (BadImage), also when an older run cached them.
+    """
+
+    def __init__(self, root: str | Path, size: int, min_side: int = 0):
         self.folder = Path(root) / "images" / str(size)
         self.size = size
+        self.min_side = min_side
         self.hits = 0
         self.misses = 0
+        self.skip_reasons: Counter[str] = Counter()  # load_many in skip mode: {reason: count}
 
     def load(self, path: str | Path) -> tuple[np.ndarray, str]:
         """The cached array for one image file and the file's content digest."""
-        digest = file_digest(path)
+        data = read_image_bytes(path)
+        digest = hashlib.sha1(data).hexdigest()
+        with open_checked(path, data, self.min_side):
+            pass  # header checks only: a cache hit must not bypass them
         cached = self.folder / digest[:2] / f"{digest}.npy"
         if cached.is_file():
             try:
@@ -95,15 +152,17 @@ class ImageCache:
                     return array, digest
             except (OSError, ValueError):
                 pass  # a damaged cache entry is simply rebuilt
-        array = decode(path, self.size)
+        array = decode(path, self.size, self.min_side, data)
         atomic_save(cached, array)
         self.misses += 1
         return array, digest
 
-    def load_many(self, paths: Sequence[str], on_bad_image: str = "error") -> tuple[np.ndarray, list[str], list[int]]:
-        """Stack of arrays for `paths`, their digests, and the indices of unreadable files skipped.
+    def load_many(self, paths: Sequence[str], on_bad_image: str = "error"
+                  ) -> tuple[np.ndarray, list[str], list[int]]:
+        """Stack of arrays for `paths`, their digests, and the indices of refused files skipped.
 
-        on_bad_image: `error` stops at the first unreadable file; `skip` leaves it out and reports it.
+        on_bad_image: `error` stops at the first refused file; `skip` leaves it out, logs it and counts
+        its reason in `skip_reasons`.
         """
         if on_bad_image not in ("error", "skip"):
             raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
@@ -111,13 +170,18 @@ class ImageCache:
         for i, path in enumerate(paths):
             try:
                 array, digest = self.load(path)
-            except UserError as err:
+            except BadImage as err:
                 if on_bad_image == "error":
                     raise
-                log.warning("Skipping unreadable image (data.on_bad_image=skip): %s", err)
+                level = logging.WARNING if len(skipped) < SKIP_LOG_LIMIT else logging.DEBUG
+                log.log(level, "Skipping image (data.on_bad_image=skip): %s", err.problem)
+                self.skip_reasons[err.reason] += 1
                 skipped.append(i)
                 continue
             arrays.append(array)
             digests.append(digest)
+        if skipped:
+            log.warning("Skipped %d of %d image(s) (data.on_bad_image=skip): %s, e.g. %s", len(skipped),
+                        len(paths), dict(self.skip_reasons), [str(paths[i]) for i in skipped[:3]])
         stack = np.stack(arrays) if arrays else np.zeros((0, self.size, self.size), np.uint8)
         return stack, digests, skipped

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,9 @@ def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int
 
     Patients are grouped by their (most frequent) label; within each label they are shuffled with
     `seed` and dealt, largest image count first, to the split furthest below its share of that
-    label's images. Deterministic for a given table and seed.
+    label's images. A label with at least one patient per split (of non-zero share) then gets one in
+    each: a split left without it takes the smallest patient of the split holding most of them.
+    Deterministic for a given table and seed.
     """
     shares = _normalised(ratios)
     rng = np.random.default_rng(seed)
@@ -42,7 +44,23 @@ def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int
             split = max(SPLITS, key=lambda s: (shares[s] * total - filled[s], shares[s]))
             assignment[p] = split
             filled[split] += int(sizes[p])
+        _give_every_split_a_patient(patients, assignment, sizes, shares)
     return table["patient_id"].map(assignment).rename("split")
+
+
+def _give_every_split_a_patient(patients: list[str], assignment: dict[str, str], sizes: pd.Series,
+                                shares: Mapping[str, float]) -> None:
+    """Small classes: the deficit rule can leave val (10%) without any patient of a label with 3 patients."""
+    wanted = [s for s in SPLITS if shares[s] > 0]
+    if len(patients) < len(wanted):
+        return  # not enough patients; check_classes_in_splits says so for training runs
+    for split in wanted:
+        members = {s: [p for p in patients if assignment[p] == s] for s in wanted}
+        if members[split]:
+            continue
+        donor = max(wanted, key=lambda s: len(members[s]))
+        smallest = min(members[donor], key=lambda p: int(sizes[p]))
+        assignment[smallest] = split
 
 
 def _normalised(ratios: Mapping[str, float]) -> dict[str, float]:
@@ -63,6 +81,24 @@ def check_no_leakage(table: pd.DataFrame) -> None:
             f"Patient leakage: {len(leaked)} patient(s) appear in more than one split, e.g. {examples}. "
             "Images of one patient must all be in the same split; fix the split file or let covidseg split."
         )
+
+
+def check_classes_in_splits(table: pd.DataFrame, classes: Sequence[str], fix: str) -> None:
+    """Training needs every class in train, val and test; else metrics such as test/auroc are meaningless.
+
+    `table` has label, patient_id and split; `fix` is appended to the message (what the user can change).
+    """
+    images = table.groupby(["label", "split"]).size()
+    patients = table.groupby("label")["patient_id"].nunique()
+    gaps = {c: [s for s in SPLITS if int(images.get((c, s), 0)) == 0] for c in classes}
+    gaps = {c: splits for c, splits in gaps.items() if splits}
+    if not gaps:
+        return
+    found = "; ".join(f"class '{c}' has {int(patients.get(c, 0))} patient(s) and no image in "
+                      f"{'/'.join(splits)}" for c, splits in gaps.items())
+    per_class = ", ".join(f"{c}: {int(patients.get(c, 0))}" for c in classes)
+    raise UserError(f"Every class needs images in train, val and test, but {found} "
+                    f"(patients per class: {per_class}). {fix}")
 
 
 def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
