@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from covidseg.checkpoints import read_checkpoint
 from covidseg.tracking import finish_wandb
 
 
@@ -41,7 +42,7 @@ def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.Li
         seconds = time.perf_counter() - start
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         fit_info = {
-            "best_epoch": int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch,
+            "best_epoch": int(read_checkpoint(best, "This run just wrote it.")["epoch"]) if best else trainer.current_epoch,
             "epochs_run": 1 if trainer.fast_dev_run else trainer.current_epoch,
             "best_ckpt": best,
             "train_seconds": round(seconds, 2),

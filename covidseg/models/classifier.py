@@ -22,7 +22,8 @@ from torchmetrics.classification import (
     Specificity,
 )
 
-from covidseg.errors import UserError, load_checkpoint
+from covidseg.checkpoints import load_module
+from covidseg.errors import UserError
 from covidseg.metrics import METRIC_NAMES
 from covidseg.models.base import BaseTask
 
@@ -166,4 +167,4 @@ class Classifier(BaseTask):
 
 
 def load_classifier(ckpt_path: str | Path) -> Classifier:
-    return load_checkpoint(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")
+    return load_module(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from covidseg.errors import UserError, load_checkpoint
+from covidseg.checkpoints import load_module
+from covidseg.errors import UserError
 from covidseg.models.base import BaseTask
 
 log = logging.getLogger(__name__)
@@ -133,5 +134,5 @@ class Segmenter(BaseTask):
 
 
 def load_segmenter(ckpt_path: str | Path) -> Segmenter:
-    return load_checkpoint(Segmenter, ckpt_path, "Train a segmenter with `make segmenter` (or "
+    return load_module(Segmenter, ckpt_path, "Train a segmenter with `make segmenter` (or "
                            "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.")

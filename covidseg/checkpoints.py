@@ -1,0 +1,110 @@
+"""The one way covidseg reads checkpoints: without running code from them.
+
+A checkpoint is a pickle, and an unrestricted `torch.load` (weights_only off) runs whatever callable a
+tampered file names (its `__reduce__`), before covidseg sees any of it. Everything here loads with torch's
+restricted unpickler (`weights_only=True`), which rebuilds only tensors, plain containers and the globals
+allowed below.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from covidseg.errors import UserError
+
+if TYPE_CHECKING:
+    from lightning import LightningModule
+
+# Globals that real covidseg checkpoints need beyond torch's own weights-only allow-list. Found empirically
+# on checkpoints written by `covidseg-train`, `covidseg-train-segmenter` and a Trainer fit with the configured
+# callbacks (ModelCheckpoint with save_last, EarlyStopping), the CSV logger, the Adam optimizer and the
+# cosine / reduce-on-plateau schedulers: none. Hyperparameters are plain containers because the entry points
+# instantiate models with `_convert_="all"` and store data_config via OmegaConf.to_container; callback,
+# loop, optimizer, scheduler and grad-scaler states hold only tensors, numbers, strings, lists and dicts.
+# Add a global here only with a comment saying which checkpoint needs it and why it cannot run code.
+ALLOWED_GLOBALS: list[Any] = []
+
+TRUST_HINT = ("Only load checkpoints you trust, or retrain (covidseg-train / covidseg-train-segmenter) "
+              "to get a clean one.")
+
+Module = TypeVar("Module", bound="LightningModule")
+
+
+def _refused(message: str) -> str | None:
+    """What the restricted unpickler refused: the global it was asked to import, or the pickle instruction."""
+    match = re.search(r"GLOBAL (\S+)", message)
+    if match:
+        return match.group(1)
+    match = re.search(r"Unsupported operand (\S+)", message)
+    if match:
+        return f"pickle instruction {match.group(1)}"
+    return "Python objects" if "Weights only load failed" in message else None
+
+
+def _one_line(err: Exception) -> str:
+    """The start of an error's message on one line (torch's and Lightning's span several)."""
+    return " ".join(str(err).split())[:200]
+
+
+@contextmanager
+def _checkpoint_errors(path: Path, missing_hint: str, kind: str,
+                       not_ours: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Load inside this: the allow-list is active, a refused pickle and the `not_ours` errors become
+    UserErrors that name the file."""
+    if not path.is_file():
+        raise UserError(f"Checkpoint {path} does not exist. {missing_hint}")
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            yield
+    except pickle.UnpicklingError as err:
+        refused = _refused(str(err))
+        if refused is None:
+            raise UserError(f"{path} is not a covidseg {kind} (unreadable pickle: {_one_line(err)}). "
+                            f"{missing_hint}") from err
+        raise UserError(f"{path} contains Python objects covidseg will not unpickle ({refused}): it was not "
+                        f"written by covidseg, or was tampered with. {TRUST_HINT}") from err
+    except not_ours as err:
+        raise UserError(f"{path} is not a covidseg {kind} ({type(err).__name__}: {_one_line(err)}). "
+                        f"{missing_hint}") from err
+
+
+def _read(path: Path, missing_hint: str, kind: str) -> dict[str, Any]:
+    # Any error: the restricted unpickler fails on bytes that are not a checkpoint in many ways
+    # (EOFError, KeyError, IndexError, RuntimeError from the zip reader, ...).
+    with _checkpoint_errors(path, missing_hint, kind, (Exception,)):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        found = (f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict)
+                 else f"a {type(checkpoint).__name__}")
+        raise UserError(f"{path} is not a covidseg {kind}: it holds {found}, not a Lightning checkpoint "
+                        f"with a state_dict. {missing_hint}")
+    return checkpoint
+
+
+def read_checkpoint(path: str | Path, missing_hint: str) -> dict[str, Any]:
+    """A Lightning checkpoint's contents (state_dict, epoch, hyper_parameters, ...) on CPU, loaded safely."""
+    return _read(Path(path), missing_hint, "checkpoint")
+
+
+def load_module(module_class: type[Module], path: str | Path, missing_hint: str) -> Module:
+    """`module_class.load_from_checkpoint` on CPU, loaded safely, with errors that say what is wrong."""
+    path = Path(path)
+    kind = f"{module_class.__name__} checkpoint"
+    # Read once ourselves first (about a tenth of the module's load time): a file that is not a Lightning
+    # checkpoint then fails with a clear message instead of an arbitrary error from inside Lightning.
+    _read(path, missing_hint, kind)
+    # The file is a readable checkpoint by now, so only what a checkpoint of another model raises
+    # (missing or unexpected weights and hyperparameters) is the user's; anything else is a bug.
+    not_ours = (KeyError, TypeError, RuntimeError, ValueError)
+    with _checkpoint_errors(path, missing_hint, kind, not_ours):
+        # `_instantiator=None` overrides any "_instantiator" a tampered checkpoint's hyper_parameters name:
+        # Lightning would import and call it to build the module. covidseg never writes one.
+        return module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True,
+                                                 _instantiator=None)
