@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,9 +23,8 @@ from torchmetrics.classification import (
     Specificity,
 )
 
-from covidseg.errors import UserError
-
-METRIC_NAMES = ("acc", "precision", "recall", "specificity", "f1", "auroc")
+from covidseg.errors import UserError, load_checkpoint
+from covidseg.metrics import METRIC_NAMES
 
 
 def check_backbone(name: str) -> None:
@@ -173,3 +173,8 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"}}
+
+
+def load_classifier(ckpt_path: str | Path) -> Classifier:
+    """A trained Classifier from its checkpoint, on CPU; a missing or foreign file is a UserError."""
+    return load_checkpoint(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")

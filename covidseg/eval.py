@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -11,19 +10,15 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.classification import Classifier
+from covidseg.classification import Classifier, load_classifier
 from covidseg.cli import run_dir, run_job
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.errors import UserError, load_checkpoint
+from covidseg.errors import UserError
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.train import test_and_write
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def load_classifier(ckpt_path: str | Path) -> Classifier:
-    return load_checkpoint(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")
 
 
 def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: str | None) -> CXRDataModule:

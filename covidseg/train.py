@@ -19,9 +19,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.classification import METRIC_NAMES, Classifier, check_backbone
+from covidseg.classification import Classifier, check_backbone
 from covidseg.cli import RESOLVED_CONFIG, in_multirun, run_dir, run_job
 from covidseg.data.datamodule import CXRDataModule
+from covidseg.metrics import METRIC_NAMES
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.tracking import finish_wandb
 
