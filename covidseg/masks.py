@@ -185,3 +185,12 @@ class MaskSource:
         overlay_grid([images[i] for i in picks], [masks[i] for i in picks], None, out_dir / "masks_overview.png",
                      titles=titles, columns=per_class)
         return stats
+
+
+def images_and_masks(source: MaskSource, table: pd.DataFrame, cache_dir: str | Path,
+                     size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unmasked uint8 images (from the decoded-image cache) and 0/1 lung masks of table's rows (columns
+    `file`, `digest`), both (N, size, size): what a data module masked, rebuilt without keeping it around."""
+    files = list(table["file"])
+    images, _, _ = ImageCache(cache_dir, size).load_many(files)
+    return images, source.masks_for(files, list(table["digest"]), size=size)

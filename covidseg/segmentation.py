@@ -262,11 +262,9 @@ def load_segmenter(ckpt_path: str | Path) -> Segmenter:
 def overlay_grid(images: Sequence[np.ndarray], predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray] | None,
                  path: str | Path, titles: Sequence[str] | None = None, columns: int = 6) -> None:
     """A contact sheet: each image with the predicted (red) and, if given, true (green) lung contours."""
-    import matplotlib
+    from covidseg.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(images)
     rows = max(1, -(-n // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows), squeeze=False)

@@ -140,6 +140,11 @@ class CXRDataModule(L.LightningDataModule):
         kwargs = {k: v for k, v in record.items() if k in parameters and k != "self"}
         return cls(**{**kwargs, **overrides})
 
+    @property
+    def load_size(self) -> int:
+        """Size the images are decoded at: cropping to the lungs enlarges the crop again, so twice the size."""
+        return self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
+
     # -- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
@@ -152,9 +157,7 @@ class CXRDataModule(L.LightningDataModule):
         table["split"] = self._assign_splits(table)
         unused = int((table["split"] == "unused").sum())
         table = table[table["split"] != "unused"].reset_index(drop=True)
-        # Cropping to the lungs enlarges the crop again, so load at twice the size to keep detail.
-        load_size = self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
-        cache = ImageCache(self.cache_dir or default_cache_dir(), load_size)
+        cache = ImageCache(self.cache_dir or default_cache_dir(), self.load_size)
         images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
         skipped_paths = list(table["path"].iloc[skipped])
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
