@@ -9,7 +9,8 @@ Two sources of uncertainty are reported separately:
   image) is the unit that is resampled.
 
 The binary metric helpers are plain numpy so that thousands of bootstrap resamples stay cheap.
-Positive class = index 1 (covid), predicted positive when ``prob >= threshold``.
+Positive class = index 1 (covid), predicted positive by ``covidseg.metrics.predicted_positive``
+(``prob > threshold``, the rule of the torchmetrics metrics logged during training).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from covidseg.metrics import POSITIVE_THRESHOLD, predicted_positive
 
 ArrayLike = Union[Sequence[float], np.ndarray, pd.Series]
 
@@ -110,7 +113,7 @@ def _binary_counts(targets: ArrayLike, prob_positive: ArrayLike, threshold: floa
     p = np.asarray(prob_positive, dtype=float).ravel()
     if y.shape != p.shape:
         raise ValueError(f"targets and probabilities differ in length: {y.size} vs {p.size}")
-    pred = p >= threshold
+    pred = predicted_positive(p, threshold)
     pos = y == 1
     tp = int(np.sum(pred & pos))
     fp = int(np.sum(pred & ~pos))
@@ -124,38 +127,38 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else 0.0
 
 
-def accuracy(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) -> float:
+def accuracy(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD) -> float:
     """Share of images classified correctly (nan on an empty input)."""
     tp, fp, fn, tn = _binary_counts(targets, prob_positive, threshold)
     total = tp + fp + fn + tn
     return (tp + tn) / total if total else math.nan
 
 
-def precision(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) -> float:
+def precision(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD) -> float:
     """TP / (TP + FP); 0 when nothing is predicted positive (torchmetrics' convention)."""
     tp, fp, _, _ = _binary_counts(targets, prob_positive, threshold)
     return _ratio(tp, tp + fp)
 
 
-def recall(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) -> float:
+def recall(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD) -> float:
     """Sensitivity, TP / (TP + FN); 0 when there are no positives."""
     tp, _, fn, _ = _binary_counts(targets, prob_positive, threshold)
     return _ratio(tp, tp + fn)
 
 
-def specificity(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) -> float:
+def specificity(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD) -> float:
     """TN / (TN + FP); 0 when there are no negatives."""
     _, fp, _, tn = _binary_counts(targets, prob_positive, threshold)
     return _ratio(tn, tn + fp)
 
 
-def f1(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) -> float:
+def f1(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD) -> float:
     """Harmonic mean of precision and recall, 2TP / (2TP + FP + FN); 0 when that is 0/0."""
     tp, fp, fn, _ = _binary_counts(targets, prob_positive, threshold)
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def auroc(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) -> float:
+def auroc(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD) -> float:
     """Area under the ROC curve by the Mann-Whitney rank formula (ties count one half).
 
     Threshold-free; ``threshold`` is accepted only so all helpers share one signature.
@@ -174,12 +177,11 @@ def auroc(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = 0.5) 
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+# Keyed by covidseg.metrics.METRIC_NAMES, the names the classifier logs (test/<name>).
 BINARY_METRICS: dict[str, Callable[..., float]] = {
-    "accuracy": accuracy,
     "acc": accuracy,
     "precision": precision,
     "recall": recall,
-    "sensitivity": recall,
     "specificity": specificity,
     "f1": f1,
     "auroc": auroc,
@@ -233,12 +235,12 @@ def _array_metric(metric: str, frame: pd.DataFrame) -> Callable[[np.ndarray], fl
         fn = BINARY_METRICS[key]
         p = frame[cols[1]].to_numpy(dtype=float)  # positive class = index 1
         return lambda idx: fn(y[idx], p[idx])
-    if len(cols) > 2 and key in ("accuracy", "acc"):
+    if len(cols) > 2 and key == "acc":
         pred = frame[cols].to_numpy(dtype=float).argmax(axis=1)
         return lambda idx: float(np.mean(pred[idx] == y[idx])) if len(idx) else math.nan
     if len(cols) < 2:
         raise ValueError(f"Named metrics need prob_<class> columns for every class, found {cols}")
-    known = sorted(BINARY_METRICS) if len(cols) == 2 else ["accuracy"]
+    known = list(BINARY_METRICS) if len(cols) == 2 else ["acc"]
     raise ValueError(f"Unknown metric {metric!r} for {len(cols)} classes; use one of {known} or pass a callable(frame) -> float")
 
 
@@ -256,7 +258,7 @@ def bootstrap_patient_difference(
     drawn with replacement so that correlated images of one patient never split across the resample.
 
     ``metric`` is a name from ``BINARY_METRICS`` (binary: uses ``target`` and the second ``prob_`` column,
-    i.e. class index 1; more classes: only ``"accuracy"``, on the argmax) or a callable taking a
+    i.e. class index 1; more classes: only ``"acc"``, on the argmax) or a callable taking a
     prediction frame (same columns, resampled rows) and returning a float.
 
     Returns ``observed`` (difference on the full test set), ``metric_a``, ``metric_b``, ``ci_low``/``ci_high``

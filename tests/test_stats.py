@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from covidseg import stats
+from covidseg.metrics import METRIC_NAMES, POSITIVE_THRESHOLD, predicted_positive
 
 
 def test_mean_ci_hand_computed():
@@ -63,7 +64,7 @@ def test_paired_difference_edge_cases():
 
 def test_binary_metrics_small_example():
     y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
-    p = np.array([0.9, 0.6, 0.4, 0.2, 0.7, 0.1, 0.5, 0.8])
+    p = np.array([0.9, 0.6, 0.4, 0.2, 0.7, 0.1, 0.55, 0.8])  # exactly 0.5: test_threshold_rule_matches_torchmetrics
     # predictions at 0.5: 1 1 0 0 1 0 1 1 -> TP=3 (idx 0,1,7), FN=1 (idx 2), FP=2 (idx 4,6), TN=2 (idx 3,5)
     assert stats.accuracy(y, p) == pytest.approx(5 / 8)
     assert stats.precision(y, p) == pytest.approx(3 / 5)
@@ -72,6 +73,33 @@ def test_binary_metrics_small_example():
     assert stats.f1(y, p) == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
     assert stats.precision([0, 0], [0.1, 0.2]) == 0.0  # nothing predicted positive
     assert stats.recall(y, p, threshold=0.95) == 0.0
+
+
+def test_threshold_rule_matches_torchmetrics():
+    """A probability of exactly the threshold is negative, in covidseg.stats as in the metrics logged in training."""
+    import torch
+    from torchmetrics.classification import BinaryAccuracy, BinaryRecall
+
+    from covidseg.models.classifier import classification_metrics
+
+    assert POSITIVE_THRESHOLD == 0.5
+    assert predicted_positive([0.5, 0.5000001, 0.4999999]).tolist() == [False, True, False]
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.5, 0.5, 0.9, 0.2, 0.1, 0.5])
+    # 0.5 negative: predictions 0 0 1 0 0 0 -> acc 4/6, recall 1/3 (0.5 positive would give 3/6 and 2/3)
+    assert stats.accuracy(y, p) == pytest.approx(4 / 6)
+    assert stats.recall(y, p) == pytest.approx(1 / 3)
+    preds, target = torch.tensor(p, dtype=torch.float32), torch.tensor(y)
+    assert BinaryAccuracy()(preds, target).item() == pytest.approx(stats.accuracy(y, p))
+    assert BinaryRecall()(preds, target).item() == pytest.approx(stats.recall(y, p))
+    # every metric the classifier logs agrees with the statistics of the same name
+    logged = classification_metrics(2)(preds, target)
+    for name in METRIC_NAMES:
+        assert logged[name].item() == pytest.approx(stats.BINARY_METRICS[name](y, p), abs=1e-6), name
+
+
+def test_metric_functions_use_the_logged_names():
+    assert tuple(stats.BINARY_METRICS) == METRIC_NAMES
 
 
 def _brute_force_auc(y, p):
@@ -123,7 +151,7 @@ def test_bootstrap_perfect_vs_random(test_set):
     rng, target, patients = test_set
     a = _predictions(rng.random(80), target, patients)
     b = _predictions(np.where(target == 1, 0.9, 0.1), target, patients)
-    r = stats.bootstrap_patient_difference(a, b, "accuracy", n_boot=300, seed=1)
+    r = stats.bootstrap_patient_difference(a, b, "acc", n_boot=300, seed=1)
     assert r["metric_b"] == 1.0
     assert r["observed"] == pytest.approx(1.0 - r["metric_a"])
     assert r["observed"] > 0 and r["ci_low"] > 0
@@ -141,3 +169,15 @@ def test_bootstrap_rejects_different_images(test_set):
         stats.bootstrap_patient_difference(a, a.iloc[1:], "auroc", n_boot=10)
     with pytest.raises(ValueError, match="Unknown metric"):
         stats.bootstrap_patient_difference(a, a, "dice", n_boot=10)
+
+
+def test_bootstrap_more_than_two_classes_only_accuracy(test_set):
+    rng, target, patients = test_set
+    probs = rng.dirichlet(np.ones(3), size=80)
+    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(80)], "patient_id": patients,
+                          "prob_a": probs[:, 0], "prob_b": probs[:, 1], "prob_c": probs[:, 2], "target": target})
+    r = stats.bootstrap_patient_difference(frame, frame, "acc", n_boot=20)
+    assert r["metric_a"] == pytest.approx(np.mean(probs.argmax(axis=1) == target)) and r["observed"] == 0.0
+    for name in ("f1", "accuracy"):
+        with pytest.raises(ValueError, match="Unknown metric"):
+            stats.bootstrap_patient_difference(frame, frame, name, n_boot=10)

@@ -166,5 +166,7 @@ class Classifier(BaseTask):
         return {"confusion": self.test_confusion.compute().cpu().tolist(), "probs": probs, "targets": targets}
 
 
+
 def load_classifier(ckpt_path: str | Path) -> Classifier:
+    """A trained Classifier from its checkpoint, on CPU; a missing or foreign file is a UserError."""
     return load_module(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")

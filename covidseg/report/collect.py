@@ -1,0 +1,71 @@
+"""The jobs of a sweep: one row per job folder with its settings, status and metrics, and the groups
+(backbone x input) the report compares."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from covidseg.cli import FAILED_FILE
+from covidseg.errors import UserError
+
+INPUT_ORDER = ["raw", "segmented", "lungs_removed"]
+
+
+def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job folder (a folder with .hydra/config.yaml): its settings, status and metrics."""
+    rows = []
+    for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: _job_key(p.parents[1].name)):
+        job = config_file.parents[1]
+        cfg = OmegaConf.load(config_file)
+        row: dict[str, Any] = {"job": job.name, "dir": str(job), "backbone": cfg.model.backbone,
+                               "input": cfg.data.input, "seed": int(cfg.seed)}
+        if (job / "metrics.json").is_file():
+            metrics = json.loads((job / "metrics.json").read_text())
+            row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+            row["test/confusion"] = json.dumps(metrics.get("test/confusion"))
+            row["status"] = "ok"
+        elif (job / FAILED_FILE).is_file():
+            row.update(status="failed", error=json.loads((job / FAILED_FILE).read_text())["error"])
+        else:
+            row.update(status="failed", error="no metrics.json (job killed or still running)")
+        rows.append(row)
+    if rows:
+        keys = pd.DataFrame(rows)[["backbone", "input", "seed"]]
+        repeated = keys[keys.duplicated(keep=False)]
+        if len(repeated):
+            raise UserError(
+                f"{sweep_dir}: several jobs share backbone/input/seed ({repeated.drop_duplicates().to_dict('records')[:3]}); "
+                "the report compares backbones x input over seeds only. Sweep other settings in separate folders.")
+    if not rows:
+        raise UserError(f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
+                        "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>.")
+    return pd.DataFrame(rows)
+
+
+def _job_key(name: str) -> tuple[int, str]:
+    # Hydra numbers jobs 0, 1, ..., 10: numeric order, not text order.
+    return (int(name), "") if name.isdigit() else (sys.maxsize, name)
+
+
+def finished(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The jobs that wrote their metrics."""
+    return jobs[jobs["status"] == "ok"]
+
+
+def select_jobs(ok: pd.DataFrame, backbone: str, input_: str) -> pd.DataFrame:
+    """The jobs (one per seed) of one backbone x input."""
+    return ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]
+
+
+def compared_groups(jobs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(backbone, input) of the groups with a finished job: backbones in sweep order, then INPUT_ORDER."""
+    ok = finished(jobs)
+    backbones = list(dict.fromkeys(ok["backbone"]))
+    inputs = [i for i in INPUT_ORDER if i in set(ok["input"])]
+    return [(b, i) for b in backbones for i in inputs if len(select_jobs(ok, b, i))]

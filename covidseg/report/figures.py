@@ -1,0 +1,152 @@
+"""The report's figures: training curves, confusion matrices and a Grad-CAM / Grad-CAM++ gallery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from covidseg.explain import cam_maps
+from covidseg.plots import pyplot
+from covidseg.report.collect import INPUT_ORDER, compared_groups, finished, select_jobs
+from covidseg.report.jobs import JobTestData, job_test_data
+
+
+def epoch_curves(job_dir: Path) -> pd.DataFrame | None:
+    """Per-epoch train/val accuracy and loss from the job's CSV logger."""
+    path = job_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    columns = [c for c in ("train/acc", "val/acc", "train/loss", "val/loss") if c in frame]
+    return frame.groupby("epoch")[columns].mean()
+
+
+def plot_curves(jobs: pd.DataFrame, out_dir: Path) -> list[str]:
+    """curves.png (all backbones) and curves_<backbone>.png: mean over seeds, band = ±1 std."""
+    plt = pyplot()
+    ok = finished(jobs)
+    backbones = list(dict.fromkeys(ok["backbone"]))
+    panels = [("acc", "accuracy"), ("loss", "loss")]
+    written = []
+
+    def draw(axes_row, backbone):
+        for ax, (metric, label) in zip(axes_row, panels):
+            for input_ in [i for i in INPUT_ORDER if i in set(ok["input"])]:
+                curves = [epoch_curves(Path(d)) for d in select_jobs(ok, backbone, input_)["dir"]]
+                curves = [c for c in curves if c is not None]
+                if not curves:
+                    continue
+                for split, style in (("train", "--"), ("val", "-")):
+                    column = f"{split}/{metric}"
+                    stacked = pd.concat([c[column] for c in curves if column in c], axis=1)
+                    if stacked.empty:
+                        continue
+                    mean, std = stacked.mean(axis=1), stacked.std(axis=1).fillna(0)
+                    line, = ax.plot(mean.index, mean, style, label=f"{input_} {split}")
+                    ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{backbone}: {label}", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=7)
+
+    fig, axes = plt.subplots(len(backbones), 2, figsize=(10, 3.2 * len(backbones)), squeeze=False)
+    for row, backbone in zip(axes, backbones):
+        draw(row, backbone)
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves.png", dpi=100)
+    plt.close(fig)
+    written.append("curves.png")
+    for backbone in backbones:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+        draw(axes[0], backbone)
+        fig.tight_layout()
+        name = f"curves_{backbone}.png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def plot_confusions(jobs: pd.DataFrame, out_dir: Path) -> None:
+    """confusion.png: the confusion matrix of the best seed (by test F1) of each backbone x input."""
+    plt = pyplot()
+    ok = finished(jobs)
+    rows = compared_groups(jobs)
+    columns = min(4, len(rows))
+    fig, axes = plt.subplots(-(-len(rows) // columns), columns, figsize=(3 * columns, 2.9 * -(-len(rows) // columns)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (backbone, input_) in zip(axes.ravel(), rows):
+        group = select_jobs(ok, backbone, input_)
+        best = group.loc[group["test/f1"].astype(float).idxmax()]
+        matrix = np.array(json.loads(best["test/confusion"]))
+        classes = json.loads((Path(best["dir"]) / "metrics.json").read_text())["classes"]
+        ax.axis("on")
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
+        ax.set_xticks(range(len(classes)), classes, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        ax.set_title(f"{backbone} {input_}\nseed {best['seed']}, F1 {float(best['test/f1']):.3f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "confusion.png", dpi=100)
+    plt.close(fig)
+
+
+def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str | None = None) -> None:
+    """cam_gallery.png: K test images of both classes (first common seed): image, lung mask, and Grad-CAM /
+    Grad-CAM++ of the raw and the segmented model of each backbone, over the image that model saw."""
+    plt = pyplot()
+    ok = finished(jobs)
+    seed = sorted(ok["seed"].unique())[0]
+    models = [(b, i) for b, i in compared_groups(jobs) if i in ("raw", "segmented")]
+    loaded: dict[tuple[str, str], JobTestData] = {}
+    for backbone, input_ in models:
+        job = select_jobs(ok, backbone, input_)
+        job = job[job["seed"] == seed]
+        if len(job):
+            loaded[(backbone, input_)] = job_test_data(Path(job.iloc[0]["dir"]), cache_dir)
+    if not loaded:
+        return
+    reference = next(iter(loaded.values()))
+    targets = reference.test.targets.numpy()
+    picks = []
+    for cls in np.unique(targets)[::-1]:  # positive class first
+        picks.extend(np.flatnonzero(targets == cls)[: -(-k // len(np.unique(targets)))].tolist())
+    picks = picks[:k]
+    columns = 2 + 2 * len(loaded)
+    fig, axes = plt.subplots(len(picks), columns, figsize=(1.6 * columns, 1.75 * len(picks)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    table = reference.datamodule.table
+    labels = table[table["split"] == "test"]["label"].to_numpy()
+    for r, i in enumerate(picks):
+        axes[r, 0].imshow(reference.unmasked_images[i], cmap="gray")
+        axes[r, 0].set_title(f"{labels[i]}", fontsize=6)
+        if reference.lung_masks is not None:
+            axes[r, 1].imshow(reference.lung_masks[i], cmap="gray")
+        axes[r, 1].set_title("lung mask" if reference.lung_masks is not None else "no segmenter", fontsize=6)
+    col = 2
+    for (backbone, input_), job in loaded.items():
+        model, test = job.model, job.test
+        x = torch.stack([test[i][0] for i in picks])
+        positive = len(model.class_names) - 1 if model.binary else None
+        with torch.no_grad():
+            probs = model.probabilities(model.eval()(x))[:, -1].numpy()
+        for method, name in (("gradcam", "Grad-CAM"), ("gradcam++", "Grad-CAM++")):
+            cams = cam_maps(model.net, x, target_class=positive, method=method, binary=model.binary)
+            for r, cam in enumerate(cams):
+                seen = test.images[picks[r], 0].numpy()
+                axes[r, col].imshow(seen, cmap="gray")
+                axes[r, col].imshow(cam, cmap="jet", alpha=0.45, extent=(0, seen.shape[1], seen.shape[0], 0))
+                axes[r, col].set_title(f"{backbone[:14]} {input_[:3]}\n{name} p={probs[r]:.2f}", fontsize=5)
+            col += 1
+    fig.tight_layout()
+    fig.savefig(out_dir / "cam_gallery.png", dpi=110)
+    plt.close(fig)
