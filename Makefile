@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 PIP_TORCH_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: install train train-3class eval segmenter study study-quick study-gpu report test test-fast clean-cache
+.PHONY: install lint train train-3class eval segmenter study study-quick study-gpu report test test-fast clean-cache
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ study-gpu:
 # make report SWEEP=logs/study/compare
 report:
 	$(BIN)/covidseg-report $(SWEEP)
+
+# ruff: lint and formatting (settings in pyproject.toml).
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test:
 	$(BIN)/python -m pytest -x -q

@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 # Add a global here only with a comment saying which checkpoint needs it and why it cannot run code.
 ALLOWED_GLOBALS: list[Any] = []
 
-TRUST_HINT = ("Only load checkpoints you trust, or retrain (covidseg-train / covidseg-train-segmenter) "
-              "to get a clean one.")
+TRUST_HINT = (
+    "Only load checkpoints you trust, or retrain (covidseg-train / covidseg-train-segmenter) "
+    "to get a clean one."
+)
 
 Module = TypeVar("Module", bound="LightningModule")
 
@@ -54,8 +56,9 @@ def _one_line(err: Exception) -> str:
 
 
 @contextmanager
-def _checkpoint_errors(path: Path, missing_hint: str, kind: str,
-                       not_ours: tuple[type[Exception], ...]) -> Iterator[None]:
+def _checkpoint_errors(
+    path: Path, missing_hint: str, kind: str, not_ours: tuple[type[Exception], ...]
+) -> Iterator[None]:
     """Load inside this: the allow-list is active, a refused pickle and the `not_ours` errors become
     UserErrors that name the file."""
     if not path.is_file():
@@ -66,13 +69,17 @@ def _checkpoint_errors(path: Path, missing_hint: str, kind: str,
     except pickle.UnpicklingError as err:
         refused = _refused(str(err))
         if refused is None:
-            raise UserError(f"{path} is not a covidseg {kind} (unreadable pickle: {_one_line(err)}). "
-                            f"{missing_hint}") from err
-        raise UserError(f"{path} contains Python objects covidseg will not unpickle ({refused}): it was not "
-                        f"written by covidseg, or was tampered with. {TRUST_HINT}") from err
+            raise UserError(
+                f"{path} is not a covidseg {kind} (unreadable pickle: {_one_line(err)}). {missing_hint}"
+            ) from err
+        raise UserError(
+            f"{path} contains Python objects covidseg will not unpickle ({refused}): it was not "
+            f"written by covidseg, or was tampered with. {TRUST_HINT}"
+        ) from err
     except not_ours as err:
-        raise UserError(f"{path} is not a covidseg {kind} ({type(err).__name__}: {_one_line(err)}). "
-                        f"{missing_hint}") from err
+        raise UserError(
+            f"{path} is not a covidseg {kind} ({type(err).__name__}: {_one_line(err)}). {missing_hint}"
+        ) from err
 
 
 def _read(path: Path, missing_hint: str, kind: str) -> dict[str, Any]:
@@ -81,10 +88,15 @@ def _read(path: Path, missing_hint: str, kind: str) -> dict[str, Any]:
     with _checkpoint_errors(path, missing_hint, kind, (Exception,)):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        found = (f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict)
-                 else f"a {type(checkpoint).__name__}")
-        raise UserError(f"{path} is not a covidseg {kind}: it holds {found}, not a Lightning checkpoint "
-                        f"with a state_dict. {missing_hint}")
+        found = (
+            f"a dict with keys {sorted(map(str, checkpoint))[:8]}"
+            if isinstance(checkpoint, dict)
+            else f"a {type(checkpoint).__name__}"
+        )
+        raise UserError(
+            f"{path} is not a covidseg {kind}: it holds {found}, not a Lightning checkpoint "
+            f"with a state_dict. {missing_hint}"
+        )
     return checkpoint
 
 
@@ -106,5 +118,6 @@ def load_module(module_class: type[Module], path: str | Path, missing_hint: str)
     with _checkpoint_errors(path, missing_hint, kind, not_ours):
         # `_instantiator=None` overrides any "_instantiator" a tampered checkpoint's hyper_parameters name:
         # Lightning would import and call it to build the module. covidseg never writes one.
-        return module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True,
-                                                 _instantiator=None)
+        return module_class.load_from_checkpoint(
+            path, map_location="cpu", weights_only=True, _instantiator=None
+        )

@@ -1,4 +1,4 @@
-"""What every Hydra entry point shares: clear errors for user mistakes, and sweeps that survive a failed job."""
+"""What every Hydra entry point shares: clear errors for user mistakes, sweeps that survive a failed job."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from covidseg.paths import CONF_DIR, register_resolvers
 log = logging.getLogger("covidseg")
 
 FAILED_FILE = "failed.json"
-RESOLVED_CONFIG = "config_resolved.yaml"  # the job's config with every interpolation resolved (absolute paths)
+RESOLVED_CONFIG = (
+    "config_resolved.yaml"  # the job's config with every interpolation resolved (absolute paths)
+)
 
 
 def run_dir() -> Path:
@@ -42,11 +44,18 @@ def user_error(err: BaseException) -> UserError | None:
     return None
 
 
-STALE_OUTPUTS = ("metrics.json", "predictions.csv", FAILED_FILE, "lung_energy.json", "mask_stats.csv", "masks_overview.png")
+STALE_OUTPUTS = (
+    "metrics.json",
+    "predictions.csv",
+    FAILED_FILE,
+    "lung_energy.json",
+    "mask_stats.csv",
+    "masks_overview.png",
+)
 
 
 def clear_stale_outputs(folder: Path) -> None:
-    """A re-run into the same folder (e.g. `make study` twice) must not leave the last run's results behind."""
+    """A re-run into the same folder (e.g. `make study` twice) must not leave the last run's results."""
     for name in STALE_OUTPUTS:
         (folder / name).unlink(missing_ok=True)
 
@@ -61,7 +70,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         check_config(cfg)
         return task(cfg)
-    except Exception as err:  # noqa: BLE001 - recorded, then re-raised or reported
+    except Exception as err:
         if not in_multirun():
             cause = user_error(err)
             if cause is not None:
@@ -97,7 +106,9 @@ class SweepSummary(Callback):
         sweep = Path(config.hydra.sweep.dir)
         jobs = sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda p: (len(p.name), p.name))
         failed = {job.name: _failure(job) for job in jobs if not (job / "metrics.json").is_file()}
-        print(f"Sweep {sweep}: {len(jobs) - len(failed)} of {len(jobs)} job(s) finished, {len(failed)} failed.")
+        print(
+            f"Sweep {sweep}: {len(jobs) - len(failed)} of {len(jobs)} job(s) finished, {len(failed)} failed."
+        )
         for name, why in failed.items():
             print(f"  job {name} failed: {why}")
         if failed:

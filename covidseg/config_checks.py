@@ -30,15 +30,19 @@ def _is_number(value: Any) -> bool:
 def _int_at_least(minimum: int, example: int) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if not _is_int(value) or value < minimum:
-            raise UserError(f"{key} must be an integer >= {minimum}, got {value!r}. "
-                            f"Set e.g. {key}={example}.")
+            raise UserError(
+                f"{key} must be an integer >= {minimum}, got {value!r}. Set e.g. {key}={example}."
+            )
+
     return check
 
 
 def _limit(key: str, value: Any) -> None:
     if value is not None and (not _is_int(value) or value < 1):
-        raise UserError(f"{key} must be null (all images) or an integer >= 1, got {value!r}. "
-                        f"Set e.g. {key}=60 or {key}=null.")
+        raise UserError(
+            f"{key} must be null (all images) or an integer >= 1, got {value!r}. "
+            f"Set e.g. {key}=60 or {key}=null."
+        )
 
 
 def _positive_number(key: str, value: Any) -> None:
@@ -48,8 +52,10 @@ def _positive_number(key: str, value: Any) -> None:
 
 def _max_epochs(key: str, value: Any) -> None:
     if not _is_int(value) or value < 1:
-        raise UserError(f"{key} must be an integer >= 1, got {value!r} (0 or -1 would test an untrained or "
-                        f"endlessly trained model). Set e.g. {key}=12.")
+        raise UserError(
+            f"{key} must be an integer >= 1, got {value!r} (0 or -1 would test an untrained or "
+            f"endlessly trained model). Set e.g. {key}=12."
+        )
 
 
 RULES: dict[str, Callable[[str, Any], None]] = {
@@ -81,13 +87,16 @@ def _resolve_everything(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or "an option"
-        raise UserError(f"{key} has no value (??? in the config). Give it on the command line, "
-                        f"e.g. {key}=...") from err
+        raise UserError(
+            f"{key} has no value (??? in the config). Give it on the command line, e.g. {key}=..."
+        ) from err
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "the config"
         message = str(getattr(err, "msg", None) or err).splitlines()[0]
-        raise UserError(f"{key}: cannot resolve its value ({message}). Fix the interpolation ${{...}} "
-                        f"or give a plain value, e.g. {key}=<value>.") from err
+        raise UserError(
+            f"{key}: cannot resolve its value ({message}). Fix the interpolation ${{...}} "
+            f"or give a plain value, e.g. {key}=<value>."
+        ) from err
 
 
 def _check_split_ratios(ratios: Any, required: tuple[str, ...]) -> None:
@@ -97,17 +106,23 @@ def _check_split_ratios(ratios: Any, required: tuple[str, ...]) -> None:
     if ratios is None:
         return
     if not isinstance(ratios, Mapping):
-        raise UserError(f"data.split_ratios must be null or map train/val/test to shares, got {ratios!r}. "
-                        f"Set e.g. {example}.")
+        raise UserError(
+            f"data.split_ratios must be null or map train/val/test to shares, got {ratios!r}. "
+            f"Set e.g. {example}."
+        )
     unknown = sorted(str(k) for k in ratios if k not in SPLITS)
     if unknown:
-        raise UserError(f"data.split_ratios has unknown split(s) {unknown}; use only {list(SPLITS)}, "
-                        f"e.g. {example}.")
+        raise UserError(
+            f"data.split_ratios has unknown split(s) {unknown}; use only {list(SPLITS)}, e.g. {example}."
+        )
     for split, share in ratios.items():
         if not _is_number(share) or share < 0:
-            raise UserError(f"data.split_ratios.{split} must be a number >= 0, got {share!r}. "
-                            f"Set e.g. {example}.")
+            raise UserError(
+                f"data.split_ratios.{split} must be a number >= 0, got {share!r}. Set e.g. {example}."
+            )
     empty = [s for s in required if not ratios.get(s)]
     if empty:
-        raise UserError(f"data.split_ratios gives no share to {empty} (got {dict(ratios)}); training needs "
-                        f"images in train, val (checkpoint choice) and test (metrics). Set e.g. {example}.")
+        raise UserError(
+            f"data.split_ratios gives no share to {empty} (got {dict(ratios)}); training needs "
+            f"images in train, val (checkpoint choice) and test (metrics). Set e.g. {example}."
+        )

@@ -17,8 +17,15 @@ from covidseg.models.segmenter import load_segmenter
 def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
     model = load_segmenter(cfg.ckpt_path)
     hp = model.hparams
-    datamodule = LungMaskDataModule(root=cfg.data.root, image_size=hp.image_size, batch_size=cfg.data.batch_size,
-                                    mean=hp.mean, std=hp.std, cache_dir=cfg.data.cache_dir, evaluate_all=True)
+    datamodule = LungMaskDataModule(
+        root=cfg.data.root,
+        image_size=hp.image_size,
+        batch_size=cfg.data.batch_size,
+        mean=hp.mean,
+        std=hp.std,
+        cache_dir=cfg.data.cache_dir,
+        evaluate_all=True,
+    )
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer)
     extra = {"ckpt_path": str(cfg.ckpt_path), "data_root": str(cfg.data.root)}

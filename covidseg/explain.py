@@ -56,7 +56,7 @@ def _head_modules(model: nn.Module) -> set[int]:
     if callable(get_classifier):
         try:
             head = get_classifier()
-        except Exception:  # noqa: BLE001 - a model's own helper failing must not stop the scan
+        except Exception:
             head = None
         if isinstance(head, nn.Module):
             heads.update(id(m) for m in head.modules())
@@ -68,7 +68,7 @@ def _is_spatial(t: Any) -> bool:
 
 
 def _scan(model: nn.Module, input_size: int) -> tuple[list[tuple[str, torch.Tensor]], Any, bool]:
-    """Run forward_features (or forward) once on a dummy and record (name, output) per module, in completion order."""
+    """Run forward_features (or forward) once on a dummy; (name, output) per module, in completion order."""
     heads = _head_modules(model)
     records: list[tuple[str, torch.Tensor]] = []
     run = getattr(model, "forward_features", None)
@@ -82,6 +82,7 @@ def _scan(model: nn.Module, input_size: int) -> tuple[list[tuple[str, torch.Tens
             if inputs and output is inputs[0]:
                 return
             records.append((name, output))
+
         return _record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and id(m) not in heads]
@@ -97,7 +98,7 @@ def _scan(model: nn.Module, input_size: int) -> tuple[list[tuple[str, torch.Tens
                     with torch.no_grad():
                         out = run(torch.zeros(1, chans, *size, device=device))
                     return list(records), out, has_features
-                except Exception as exc:  # noqa: BLE001 - wrong channels or size: try the next candidate
+                except Exception as exc:
                     errors.append(f"{(chans, *size)}: {type(exc).__name__}: {exc}")
         raise ValueError("Could not run the model on a dummy input: " + "; ".join(errors))
     finally:
@@ -129,18 +130,20 @@ def find_target_layer(model: nn.Module, input_size: int = 64) -> nn.Module:
     if has_features and not _is_spatial(features):
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise ValueError(
-            f"The model's features are not a (N, C, H, W) map (got {shape}): token-based models such as ViT need "
+            f"The model's features are not a (N, C, H, W) map (got {shape}): token-based models "
+            "such as ViT need "
             "an explicit target layer and a reshape_transform."
         )
     info = getattr(model, "feature_info", None)
     try:
         info_last = dict(info[-1]) if info is not None else {}  # list of dicts or timm FeatureInfo
-    except Exception:  # noqa: BLE001
+    except Exception:
         info_last = {}
     chs = info_last.get("num_chs")
     if has_features and chs and features.shape[-1] == chs and features.shape[1] != chs:
         raise ValueError(
-            f"The model's features are channels-last {tuple(features.shape)} (e.g. Swin): pass an explicit target "
+            f"The model's features are channels-last {tuple(features.shape)} (e.g. Swin): pass an "
+            "explicit target "
             "layer and a reshape_transform that moves channels to dim 1."
         )
     spatial = [(name, out) for name, out in records if _is_spatial(out)]
@@ -167,7 +170,11 @@ def resolve_target_layer(model: nn.Module, name: str | None) -> nn.Module:
         return modules[name]
     names = [n for n in modules if n]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
-    hint = f" Close names: {close}." if close else f" Top-level names: {[n for n in names if '.' not in n][:10]}."
+    hint = (
+        f" Close names: {close}."
+        if close
+        else f" Top-level names: {[n for n in names if '.' not in n][:10]}."
+    )
     raise ValueError(f"The model has no module named {name!r}.{hint}")
 
 
@@ -198,11 +205,18 @@ def cam_maps(
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 
     key = method.lower().replace("_", "").replace("-", "")
-    cam_classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcamplusplus": GradCAMPlusPlus, "gradcampp": GradCAMPlusPlus}
+    cam_classes = {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "gradcamplusplus": GradCAMPlusPlus,
+        "gradcampp": GradCAMPlusPlus,
+    }
     if key not in cam_classes:
         raise ValueError(f"Unknown CAM method {method!r}; use one of {list(CAM_METHODS)}")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        raise ValueError(
+            f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}"
+        )
 
     layer = target_layer if isinstance(target_layer, nn.Module) else resolve_target_layer(model, target_layer)
     was_training = model.training
@@ -224,10 +238,18 @@ def cam_maps(
             raise ValueError(f"target_class={target_class} is outside 0..{n_classes - 1}")
 
         if binary:
-            classes = [int(target_class)] * len(images) if target_class is not None else (logits[:, 0] > 0).long().tolist()
+            classes = (
+                [int(target_class)] * len(images)
+                if target_class is not None
+                else (logits[:, 0] > 0).long().tolist()
+            )
             targets = [BinaryClassifierOutputTarget(c) for c in classes]
         else:
-            classes = [int(target_class)] * len(images) if target_class is not None else logits.argmax(dim=1).tolist()
+            classes = (
+                [int(target_class)] * len(images)
+                if target_class is not None
+                else logits.argmax(dim=1).tolist()
+            )
             targets = [ClassifierOutputTarget(c) for c in classes]
 
         cam = cam_classes[key](model=model, target_layers=[layer], reshape_transform=reshape_transform)

@@ -33,9 +33,17 @@ log = logging.getLogger(__name__)
 class MaskSource:
     """Predicts, caches and serves lung masks from one segmenter checkpoint."""
 
-    def __init__(self, ckpt_path: str | Path, cache_dir: str | Path, postprocess: Mapping[str, Any] | None = None,
-                 batch_size: int = 16, background: int = 0, min_area_fraction: float = 0.08,
-                 max_area_fraction: float = 0.65, device: str | None = None):
+    def __init__(
+        self,
+        ckpt_path: str | Path,
+        cache_dir: str | Path,
+        postprocess: Mapping[str, Any] | None = None,
+        batch_size: int = 16,
+        background: int = 0,
+        min_area_fraction: float = 0.08,
+        max_area_fraction: float = 0.65,
+        device: str | None = None,
+    ):
         self.ckpt_path = Path(ckpt_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # Loading (not running) the network up front checks the checkpoint before any training starts.
@@ -56,8 +64,9 @@ class MaskSource:
         key = hashlib.sha1(f"{image_digest}:{self._settings_key}".encode()).hexdigest()
         return self.cache_dir / "masks" / key[:2] / f"{key}.npy"
 
-    def masks_for(self, files: Sequence[str], digests: Sequence[str] | None = None,
-                  size: int | None = None) -> np.ndarray:
+    def masks_for(
+        self, files: Sequence[str], digests: Sequence[str] | None = None, size: int | None = None
+    ) -> np.ndarray:
         """0/1 masks (N, size, size) for image files; predicted in batches only for cache misses.
 
         Each batch is cached as soon as it is predicted, so an interrupted run keeps what it made.
@@ -68,15 +77,21 @@ class MaskSource:
         self.hits += len(files) - len(missing)
         self.misses += len(missing)
         if missing:
-            log.info("Predicting %d lung mask(s) with %s (%d cached)", len(missing), self.ckpt_path,
-                     len(files) - len(missing))
+            log.info(
+                "Predicting %d lung mask(s) with %s (%d cached)",
+                len(missing),
+                self.ckpt_path,
+                len(files) - len(missing),
+            )
         for start in range(0, len(missing), self.batch_size):
-            batch = missing[start:start + self.batch_size]
+            batch = missing[start : start + self.batch_size]
             for i, mask in zip(batch, self._predict([files[i] for i in batch])):
                 atomic_save(self._path(digests[i]), mask)
                 masks[i] = mask
         size = size or self.image_size
-        return np.stack([resize_mask(m, size) for m in masks]) if masks else np.zeros((0, size, size), np.uint8)
+        return (
+            np.stack([resize_mask(m, size) for m in masks]) if masks else np.zeros((0, size, size), np.uint8)
+        )
 
     def _cached(self, image_digest: str) -> np.ndarray | None:
         path = self._path(image_digest)
@@ -94,11 +109,22 @@ class MaskSource:
             return list(self.model.predict_masks(((batch - self.mean) / self.std).to(self.device)))
 
     def stats(self) -> dict[str, Any]:
-        return {"segmenter_ckpt": str(self.ckpt_path), "segmenter_sha1": self.ckpt_digest,
-                "mask_cache_hits": self.hits, "mask_cache_misses": self.misses}
+        return {
+            "segmenter_ckpt": str(self.ckpt_path),
+            "segmenter_sha1": self.ckpt_digest,
+            "mask_cache_hits": self.hits,
+            "mask_cache_misses": self.misses,
+        }
 
-    def quality_report(self, table: pd.DataFrame, images: np.ndarray, masks: np.ndarray, out_dir: str | Path,
-                       per_class: int = 6, seed: int = 0) -> pd.DataFrame:
+    def quality_report(
+        self,
+        table: pd.DataFrame,
+        images: np.ndarray,
+        masks: np.ndarray,
+        out_dir: str | Path,
+        per_class: int = 6,
+        seed: int = 0,
+    ) -> pd.DataFrame:
         """mask_stats.csv (lung area fraction per image, implausible ones flagged, also in the log) and
         masks_overview.png (a sample of each class with the predicted lung contour; up to half of each
         row are flagged images, marked "!")."""
@@ -110,9 +136,15 @@ class MaskSource:
         stats.to_csv(out_dir / "mask_stats.csv", index=False)
         flagged = stats[stats["implausible"]]
         if len(flagged):
-            log.warning("%d of %d lung mask(s) have an implausible area fraction (outside [%.2f, %.2f]); "
-                        "see mask_stats.csv and masks_overview.png, e.g. %s", len(flagged), len(stats),
-                        self.min_area, self.max_area, list(flagged["path"][:5]))
+            log.warning(
+                "%d of %d lung mask(s) have an implausible area fraction (outside [%.2f, %.2f]); "
+                "see mask_stats.csv and masks_overview.png, e.g. %s",
+                len(flagged),
+                len(stats),
+                self.min_area,
+                self.max_area,
+                list(flagged["path"][:5]),
+            )
         rng = np.random.default_rng(seed)
         picks: list[int] = []
         for _, group in stats.groupby("label", sort=True):
@@ -120,23 +152,38 @@ class MaskSource:
             flagged_rows = list(group.index[group["implausible"]])[: per_class // 2]
             typical = list(rng.permutation(group.index[~group["implausible"]]))
             picks.extend((flagged_rows + typical)[:per_class])
-        titles = [f"{stats.at[i, 'label']} {stats.at[i, 'lung_area_fraction']:.2f}" + (" !" if stats.at[i, "implausible"] else "")
-                  for i in picks]
-        overlay_grid([images[i] for i in picks], [masks[i] for i in picks], None, out_dir / "masks_overview.png",
-                     titles=titles, columns=per_class)
+        titles = [
+            f"{stats.at[i, 'label']} {stats.at[i, 'lung_area_fraction']:.2f}"
+            + (" !" if stats.at[i, "implausible"] else "")
+            for i in picks
+        ]
+        overlay_grid(
+            [images[i] for i in picks],
+            [masks[i] for i in picks],
+            None,
+            out_dir / "masks_overview.png",
+            titles=titles,
+            columns=per_class,
+        )
         return stats
 
 
-def images_and_masks(source: MaskSource, table: pd.DataFrame, cache_dir: str | Path,
-                     size: int) -> tuple[np.ndarray, np.ndarray]:
+def images_and_masks(
+    source: MaskSource, table: pd.DataFrame, cache_dir: str | Path, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Unmasked uint8 images (from the decoded-image cache) and 0/1 lung masks of `table`'s rows
     (columns `file`, `digest`) at `size`: what a segmented run masked, re-read instead of kept in memory."""
     images, _, _ = ImageCache(cache_dir, size).load_many(list(table["file"]))
     return images, source.masks_for(list(table["file"]), list(table["digest"]), size=size)
 
 
-def mask_source(segmenter: Mapping[str, Any], cache_dir: str | Path, input_mode: str = "segmented",
-                ckpt_path: str | None = None, optional: bool = False) -> MaskSource | None:
+def mask_source(
+    segmenter: Mapping[str, Any],
+    cache_dir: str | Path,
+    input_mode: str = "segmented",
+    ckpt_path: str | None = None,
+    optional: bool = False,
+) -> MaskSource | None:
     """The MaskSource a run needs, from the `segmenter` config group; `ckpt_path` overrides the group's.
 
     None for raw input, unless `optional` (the report measures where raw models look, when a segmenter

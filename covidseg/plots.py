@@ -19,8 +19,14 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def overlay_grid(images: Sequence[np.ndarray], predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray] | None,
-                 path: str | Path, titles: Sequence[str] | None = None, columns: int = 6) -> None:
+def overlay_grid(
+    images: Sequence[np.ndarray],
+    predicted: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray] | None,
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    columns: int = 6,
+) -> None:
     """A contact sheet: each image with the predicted (red) and, if given, true (green) lung contours."""
     plt = pyplot()
     n = len(images)

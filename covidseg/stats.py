@@ -1,4 +1,4 @@
-"""Statistics for the raw-vs-segmented report: seed-level intervals and tests, patient-level bootstrap, metrics.
+"""Statistics for the raw-vs-segmented report: seed-level intervals and tests, patient bootstrap, metrics.
 
 Two sources of uncertainty are reported separately:
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from scipy import stats as sps
 
 from covidseg.metrics import POSITIVE_THRESHOLD, predicted_positive
 
-ArrayLike = Union[Sequence[float], np.ndarray, pd.Series]
+ArrayLike = Sequence[float] | np.ndarray | pd.Series
 
 
 # --------------------------------------------------------------------------------------------- seed-level
@@ -67,16 +67,19 @@ def paired_difference(a: ArrayLike, b: ArrayLike, confidence: float = 0.95) -> d
     Pairing removes the seed-to-seed variation shared by both arms, which is why this is preferred to two
     independent intervals. Pairs with a NaN on either side are dropped.
 
-    Returns ``n``, ``differences`` (b - a, per kept pair), ``mean_a``, ``mean_b``, ``mean_diff``, ``std_diff``,
-    ``ci_low``/``ci_high`` (Student-t on the differences), ``t_stat`` and ``p_value`` of a two-sided paired
-    t-test (``scipy.stats.ttest_rel``). ``p_value`` is nan with fewer than two pairs and 1.0 when every
-    difference is exactly 0; differences all equal to the same non-zero value give t = ±inf, p = 0.
+    Returns ``n``, ``differences`` (b - a, per kept pair), ``mean_a``, ``mean_b``, ``mean_diff``,
+    ``std_diff``, ``ci_low``/``ci_high`` (Student-t on the differences), ``t_stat`` and ``p_value`` of a
+    two-sided paired t-test (``scipy.stats.ttest_rel``). ``p_value`` is nan with fewer than two pairs
+    and 1.0 when every difference is exactly 0; differences all equal to the same non-zero value give
+    t = ±inf, p = 0.
     """
     _check_confidence(confidence)
     xa = np.asarray(a, dtype=float).ravel()
     xb = np.asarray(b, dtype=float).ravel()
     if xa.shape != xb.shape:
-        raise ValueError(f"paired_difference needs one value per seed on both sides, got {xa.size} and {xb.size}")
+        raise ValueError(
+            f"paired_difference needs one value per seed on both sides, got {xa.size} and {xb.size}"
+        )
     keep = ~(np.isnan(xa) | np.isnan(xb))
     xa, xb = xa[keep], xb[keep]
     d = xb - xa
@@ -108,7 +111,9 @@ def paired_difference(a: ArrayLike, b: ArrayLike, confidence: float = 0.95) -> d
 # --------------------------------------------------------------------------------------------- metrics
 
 
-def _binary_counts(targets: ArrayLike, prob_positive: ArrayLike, threshold: float) -> tuple[int, int, int, int]:
+def _binary_counts(
+    targets: ArrayLike, prob_positive: ArrayLike, threshold: float
+) -> tuple[int, int, int, int]:
     y = np.asarray(targets).ravel().astype(int)
     p = np.asarray(prob_positive, dtype=float).ravel()
     if y.shape != p.shape:
@@ -190,7 +195,7 @@ BINARY_METRICS: dict[str, Callable[..., float]] = {
 
 # --------------------------------------------------------------------------------------------- bootstrap
 
-MetricArg = Union[str, Callable[[pd.DataFrame], float]]
+MetricArg = str | Callable[[pd.DataFrame], float]
 
 
 def _prob_columns(frame: pd.DataFrame) -> list[str]:
@@ -202,7 +207,9 @@ def _align(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> tuple[pd.DataFrame, pd
     for name, frame in (("pred_a", pred_a), ("pred_b", pred_b)):
         missing = [c for c in ("path", "patient_id", "target") if c not in frame.columns]
         if missing:
-            raise ValueError(f"{name} lacks column(s) {missing}; expected path, label, patient_id, target, prob_<class>...")
+            raise ValueError(
+                f"{name} lacks column(s) {missing}; expected path, label, patient_id, target, prob_<class>..."
+            )
         dup = frame["path"][frame["path"].duplicated()]
         if len(dup):
             raise ValueError(f"{name} lists {len(dup)} image(s) more than once, e.g. {dup.iloc[:3].tolist()}")
@@ -212,7 +219,8 @@ def _align(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> tuple[pd.DataFrame, pd
         only_b = sorted(paths_b - paths_a)
         raise ValueError(
             "The two prediction tables do not list the same test images: "
-            f"{len(only_a)} only in pred_a (e.g. {only_a[:3]}), {len(only_b)} only in pred_b (e.g. {only_b[:3]}). "
+            f"{len(only_a)} only in pred_a (e.g. {only_a[:3]}), {len(only_b)} only in pred_b (e.g. "
+            f"{only_b[:3]}). "
             "Compare models evaluated on the same test split."
         )
     a = pred_a.sort_values("path", kind="stable").reset_index(drop=True)
@@ -222,7 +230,10 @@ def _align(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> tuple[pd.DataFrame, pd
             bad = a["path"][a[col].to_numpy() != b[col].to_numpy()].iloc[:3].tolist()
             raise ValueError(f"The two prediction tables disagree on {col!r} for the same images, e.g. {bad}")
     if _prob_columns(a) != _prob_columns(b):
-        raise ValueError(f"The two prediction tables have different class columns: {_prob_columns(a)} vs {_prob_columns(b)}")
+        raise ValueError(
+            f"The two prediction tables have different class columns: {_prob_columns(a)} vs "
+            f"{_prob_columns(b)}"
+        )
     return a, b
 
 
@@ -241,7 +252,10 @@ def _array_metric(metric: str, frame: pd.DataFrame) -> Callable[[np.ndarray], fl
     if len(cols) < 2:
         raise ValueError(f"Named metrics need prob_<class> columns for every class, found {cols}")
     known = list(BINARY_METRICS) if len(cols) == 2 else ["acc"]
-    raise ValueError(f"Unknown metric {metric!r} for {len(cols)} classes; use one of {known} or pass a callable(frame) -> float")
+    raise ValueError(
+        f"Unknown metric {metric!r} for {len(cols)} classes; use one of {known} or pass a "
+        "callable(frame) -> float"
+    )
 
 
 def bootstrap_patient_difference(
@@ -282,7 +296,7 @@ def bootstrap_patient_difference(
     codes, patients = pd.factorize(a["patient_id"], sort=True)
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(patients) + 1))
-    groups = [order[bounds[i]:bounds[i + 1]] for i in range(len(patients))]
+    groups = [order[bounds[i] : bounds[i + 1]] for i in range(len(patients))]
 
     all_idx = np.arange(len(a))
     m_a, m_b = score_a(all_idx), score_b(all_idx)
@@ -311,6 +325,6 @@ def bootstrap_patient_difference(
         "p_value": float(p_value),
         "n_boot": int(n_boot),
         "n_valid": int(valid.size),
-        "n_patients": int(len(patients)),
-        "n_images": int(len(a)),
+        "n_patients": len(patients),
+        "n_images": len(a),
     }

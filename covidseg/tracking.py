@@ -30,14 +30,24 @@ def wandb_mode() -> str:
     return "offline"
 
 
-def wandb_logger(project: str, save_dir: str, group: str | None = None, tags: Sequence[str] = (),
-                 mode: str | None = None, name: str | None = None, **kwargs) -> WandbLogger:
+def wandb_logger(
+    project: str,
+    save_dir: str,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    mode: str | None = None,
+    name: str | None = None,
+    **kwargs,
+) -> WandbLogger:
     mode = mode or wandb_mode()
     if mode == "offline":
-        log.info("W&B runs offline (no API key); sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
+        log.info(
+            "W&B runs offline (no API key); sync later with `wandb sync %s/wandb/offline-run-*`", save_dir
+        )
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, group=group, tags=list(tags), mode=mode,
-                       name=name, **kwargs)
+    return WandbLogger(
+        project=project, save_dir=save_dir, group=group, tags=list(tags), mode=mode, name=name, **kwargs
+    )
 
 
 def finish_wandb(loggers: Sequence[object], failed: bool) -> None:

@@ -35,7 +35,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     datamodule.write_splits(out_dir / "splits.csv")
     if masks is not None:
-        images, lung_masks = images_and_masks(masks, datamodule.table, datamodule.cache_dir, datamodule.load_size)
+        images, lung_masks = images_and_masks(
+            masks, datamodule.table, datamodule.cache_dir, datamodule.load_size
+        )
         masks.quality_report(datamodule.table, images, lung_masks, out_dir, seed=datamodule.seed)
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     data_config.pop("_target_")  # a plain record in the checkpoint, not something to instantiate
@@ -43,17 +45,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Re-seed: building the mask source (segmented input only) consumed random numbers, and runs that
     # differ only in input must start from the same weights and batch order to be paired by seed.
     L.seed_everything(cfg.seed, workers=True)
-    model: Classifier = instantiate(cfg.model, _convert_="all", class_names=datamodule.classes,
-                                    class_weights=datamodule.class_weights(), data_config=data_config)
+    model: Classifier = instantiate(
+        cfg.model,
+        _convert_="all",
+        class_names=datamodule.classes,
+        class_weights=datamodule.class_weights(),
+        data_config=data_config,
+    )
     group = cfg.group or (Path(cfg.paths.output_dir).parent.name if in_multirun() else None)
     tags = [f"backbone={cfg.model.backbone}", f"input={cfg.data.input}", f"seed={cfg.seed}"]
 
     def evaluate(trainer: L.Trainer, best: str | None, fit_info: dict[str, Any]) -> dict[str, Any]:
         extra = {
             **fit_info,
-            "monitor": cfg.callbacks.model_checkpoint.monitor if "model_checkpoint" in cfg.callbacks else None,
-            "train_images_per_second": round(datamodule.stats["n_train"] * fit_info["epochs_run"]
-                                             / fit_info["train_seconds"], 2),
+            "monitor": cfg.callbacks.model_checkpoint.monitor
+            if "model_checkpoint" in cfg.callbacks
+            else None,
+            "train_images_per_second": round(
+                datamodule.stats["n_train"] * fit_info["epochs_run"] / fit_info["train_seconds"], 2
+            ),
             "backbone": cfg.model.backbone,
             "input": cfg.data.input,
             "seed": int(cfg.seed),

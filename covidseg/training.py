@@ -20,9 +20,14 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
-def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule,
-                     group: str | None, tags: list[str],
-                     evaluate: Callable[[L.Trainer, str | None, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def fit_and_evaluate(
+    cfg: DictConfig,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    group: str | None,
+    tags: list[str],
+    evaluate: Callable[[L.Trainer, str | None, dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
     """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
 
     Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
@@ -34,7 +39,9 @@ def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.Li
     loggers = instantiate_all(cfg.logger)
     failed = True
     try:
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks)
+        )
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         start = time.perf_counter()
@@ -42,7 +49,9 @@ def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.Li
         seconds = time.perf_counter() - start
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         fit_info = {
-            "best_epoch": int(read_checkpoint(best, "This run just wrote it.")["epoch"]) if best else trainer.current_epoch,
+            "best_epoch": int(read_checkpoint(best, "This run just wrote it.")["epoch"])
+            if best
+            else trainer.current_epoch,
             "epochs_run": 1 if trainer.fast_dev_run else trainer.current_epoch,
             "best_ckpt": best,
             "train_seconds": round(seconds, 2),
@@ -55,8 +64,14 @@ def fit_and_evaluate(cfg: DictConfig, model: L.LightningModule, datamodule: L.Li
             if rank != 0:
                 failed = False
                 return {}
-            trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                                logger=False, enable_checkpointing=False, default_root_dir=cfg.trainer.default_root_dir)
+            trainer = L.Trainer(
+                accelerator=cfg.trainer.accelerator,
+                devices=1,
+                precision=cfg.trainer.precision,
+                logger=False,
+                enable_checkpointing=False,
+                default_root_dir=cfg.trainer.default_root_dir,
+            )
         metrics = evaluate(trainer, best or None, fit_info)
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -1,6 +1,7 @@
 """Throughput and cache benchmarks, measured in one run on this machine; prints ratios, asserts nothing.
 
-    .venv/bin/python scripts/benchmark.py [--size 128] [--backbones resnet18 densenet121 mobilenetv3_large_100]
+    .venv/bin/python scripts/benchmark.py [--size 128] \
+        [--backbones resnet18 densenet121 mobilenetv3_large_100]
 
 - training images/s of each backbone (forward + backward + Adam step, batch 32, 1 channel), and its
   cost relative to the first backbone: use it to budget a study (epochs x images / speed);
@@ -53,9 +54,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--backbones", nargs="+", default=["resnet18", "densenet121", "mobilenetv3_large_100"])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["resnet18", "densenet121", "mobilenetv3_large_100"]
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, image size {args.size}, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, image size {args.size}, "
+        f"batch {args.batch}"
+    )
     speeds = {b: train_speed(b, args.size, args.batch, args.steps) for b in args.backbones}
     first = args.backbones[0]
     for b, s in speeds.items():
@@ -64,8 +70,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         decode_s, cached_s = cache_speedup(40, args.size, Path(tmp))
-    print(f"decode PNG {decode_s * 1e3:.1f} ms/image, cached read {cached_s * 1e3:.2f} ms/image: "
-          f"cache is x{decode_s / cached_s:.1f} faster")
+    print(
+        f"decode PNG {decode_s * 1e3:.1f} ms/image, cached read {cached_s * 1e3:.2f} ms/image: "
+        f"cache is x{decode_s / cached_s:.1f} faster"
+    )
 
 
 if __name__ == "__main__":

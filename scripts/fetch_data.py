@@ -62,7 +62,14 @@ IEEE_SOURCE = "ieee8023/covid-chestxray-dataset"
 NIH_SOURCE = "NIH ChestX-ray8"
 NIH_VIEW = "PA/AP"  # the DarkCovidNet NIH images are frontal without a recorded PA/AP split
 COVID_COLUMNS = [
-    "path", "label", "patient_id", "source", "view", "original_name", "original_width", "original_height",
+    "path",
+    "label",
+    "patient_id",
+    "source",
+    "view",
+    "original_name",
+    "original_width",
+    "original_height",
 ]
 # Counts of the reference copy; a different count is reported, not fatal (upstream may change).
 EXPECTED_COUNTS = {"covid-cxr": {"covid": 124, "normal": 500, "pneumonia": 500}, "lungs": {"pairs": 200}}
@@ -224,7 +231,8 @@ def convert_mask(src: Path, dest: Path, size: tuple[int, int]) -> float:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted, without hidden files (.DS_Store and the like)."""
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
     )
 
@@ -250,7 +258,9 @@ def read_ieee_metadata(csv_path: Path) -> dict[str, IeeeInfo]:
     table.columns = [c.strip().lower() for c in table.columns]
     missing = {"filename", "patientid", "view"} - set(table.columns)
     if missing:
-        raise FetchError(f"{csv_path} lacks the columns {sorted(missing)}: the ieee8023 metadata format changed.")
+        raise FetchError(
+            f"{csv_path} lacks the columns {sorted(missing)}: the ieee8023 metadata format changed."
+        )
     lookup: dict[str, IeeeInfo] = {}
     for filename, patient, view in zip(table["filename"], table["patientid"], table["view"]):
         name, info = filename.strip(), IeeeInfo(patient.strip(), view.strip())
@@ -356,7 +366,10 @@ def build_lungs(folder: Path, out: Path) -> pd.DataFrame:
         original = convert_image(image_src, out / image_rel)
         fraction = convert_mask(mask_src, out / mask_rel, target_size(*original))
         if not 0.02 < fraction < 0.8:
-            warn(f"mask {mask_src.name} covers {fraction:.0%} of the image: check that it is not empty or inverted.")
+            warn(
+                f"mask {mask_src.name} covers {fraction:.0%} of the image: check that it is not "
+                "empty or inverted."
+            )
         rows.append([image_rel, mask_rel])
     return pd.DataFrame(rows, columns=["image", "mask"])
 
@@ -370,7 +383,10 @@ def check_counts(name: str, counts: dict[str, int]) -> None:
     """Say when the rebuilt set differs from the reference copy, since results would then differ too."""
     expected = EXPECTED_COUNTS[name]
     if counts != expected:
-        warn(f"{name}: got {counts}, the reference copy has {expected}; the upstream repository may have changed.")
+        warn(
+            f"{name}: got {counts}, the reference copy has {expected}; the upstream repository may "
+            "have changed."
+        )
 
 
 def finish(staging: Path, target: Path, table: pd.DataFrame) -> None:
@@ -389,7 +405,9 @@ def prepare(out: Path, name: str, force: bool) -> Path | None:
         print(f"{target} already has metadata.csv; skipped (use --force to rebuild).")
         return None
     if target.exists() and any(target.iterdir()) and not force:
-        raise FetchError(f"{target} exists without metadata.csv (an interrupted run?); pass --force to replace it.")
+        raise FetchError(
+            f"{target} exists without metadata.csv (an interrupted run?); pass --force to replace it."
+        )
     staging = out / f".{name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
@@ -397,8 +415,9 @@ def prepare(out: Path, name: str, force: bool) -> Path | None:
     return staging
 
 
-def fetch_covid_cxr(out: Path, downloads: Path, work: Path, force: bool,
-                    fetch: Callable[[str, Path], Path] = download) -> None:
+def fetch_covid_cxr(
+    out: Path, downloads: Path, work: Path, force: bool, fetch: Callable[[str, Path], Path] = download
+) -> None:
     """Download the DarkCovidNet archive and the ieee8023 metadata, then build covid-cxr/."""
     staging = prepare(out, "covid-cxr", force)
     if staging is None:
@@ -412,8 +431,9 @@ def fetch_covid_cxr(out: Path, downloads: Path, work: Path, force: bool,
     print(f"covid-cxr: {len(table)} images, {table['patient_id'].nunique()} patients -> {out / 'covid-cxr'}")
 
 
-def fetch_lungs(out: Path, downloads: Path, work: Path, force: bool,
-                fetch: Callable[[str, Path], Path] = download) -> None:
+def fetch_lungs(
+    out: Path, downloads: Path, work: Path, force: bool, fetch: Callable[[str, Path], Path] = download
+) -> None:
     """Download the OpenIST archive and build lungs/."""
     staging = prepare(out, "lungs", force)
     if staging is None:
@@ -434,9 +454,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Download and rebuild covid-cxr/ and lungs/ for covidseg.")
     parser.add_argument("--out", type=Path, required=True, help="folder that receives covid-cxr/ and lungs/")
     parser.add_argument("--only", choices=sorted(FETCHERS), help="build one data set only")
-    parser.add_argument("--keep-downloads", type=Path, metavar="DIR",
-                        help="keep the downloaded archives here (and reuse any already there)")
-    parser.add_argument("--force", action="store_true", help="rebuild a data set even if its metadata.csv exists")
+    parser.add_argument(
+        "--keep-downloads",
+        type=Path,
+        metavar="DIR",
+        help="keep the downloaded archives here (and reuse any already there)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild a data set even if its metadata.csv exists"
+    )
     return parser.parse_args(argv)
 
 

@@ -33,7 +33,10 @@ def isolated_dirs(tmp_path_factory):
 def real_dataset(name: str) -> Path:
     root = data_dir() / name
     if not (root / "metadata.csv").is_file():
-        pytest.fail(f"Real data not found at {root}: set COVIDSEG_DATA_DIR to the folder holding covid-cxr/ and lungs/.")
+        pytest.fail(
+            f"Real data not found at {root}: set COVIDSEG_DATA_DIR to the folder holding "
+            "covid-cxr/ and lungs/."
+        )
     return root
 
 
@@ -47,8 +50,9 @@ def lungs() -> Path:
     return real_dataset("lungs")
 
 
-def make_dataset(folder: Path, labels: dict[str, int], patients_per_label: int | None = None,
-                 size: int = 32, seed: int = 0) -> Path:
+def make_dataset(
+    folder: Path, labels: dict[str, int], patients_per_label: int | None = None, size: int = 32, seed: int = 0
+) -> Path:
     """A small generated dataset (metadata.csv + PNGs). Two images per patient unless told otherwise."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -63,14 +67,19 @@ def make_dataset(folder: Path, labels: dict[str, int], patients_per_label: int |
     return folder
 
 
-def run_cli(*args: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a covidseg console script as a user would; output is kept for assertions and failures."""
     command = [str(BIN / args[0]), *args[1:]]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed "
+            f"({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -82,6 +91,14 @@ def read_metrics(run: Path) -> dict:
 def tiny_segmenter(tmp_path_factory, lungs) -> Path:
     """A real segmenter run: 24 image/mask pairs at 64 px, 2 epochs (poor masks, real code path)."""
     run = tmp_path_factory.mktemp("seg") / "run"
-    run_cli("covidseg-train-segmenter", "data.image_size=64", "trainer.max_epochs=2", "data.limit=24",
-            "data.batch_size=8", "logger=csv", "overlays=6", f"hydra.run.dir={run}")
+    run_cli(
+        "covidseg-train-segmenter",
+        "data.image_size=64",
+        "trainer.max_epochs=2",
+        "data.limit=24",
+        "data.batch_size=8",
+        "logger=csv",
+        "overlays=6",
+        f"hydra.run.dir={run}",
+    )
     return run

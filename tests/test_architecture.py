@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "covidseg"
-ENTRY_POINTS = {"covidseg.train", "covidseg.eval", "covidseg.train_segmenter", "covidseg.eval_segmenter",
-                "covidseg.report.build"}
+ENTRY_POINTS = {
+    "covidseg.train",
+    "covidseg.eval",
+    "covidseg.train_segmenter",
+    "covidseg.eval_segmenter",
+    "covidseg.report.build",
+}
 # What each layer may import from covidseg (besides itself); anything else is an upward import.
 LAYERS = {
     "covidseg.data": {"covidseg.errors", "covidseg.paths"},
@@ -51,7 +56,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(nxt):], nxt]))
+                pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(nxt) :], nxt]))
             if nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = 2

@@ -22,7 +22,8 @@ from PIL import Image
 from covidseg.config_checks import check_config
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.images import MIN_SIDE, ImageCache
-from covidseg.data.manifest import load_manifest, read_manifest, select_classes, stratified_subset
+from covidseg.data.manifest import load_manifest, read_manifest
+from covidseg.data.selection import select_classes, stratified_subset
 from covidseg.data.split import SPLITS, check_classes_in_splits, split_by_patient
 from covidseg.errors import UserError
 from covidseg.paths import CONF_DIR, register_resolvers
@@ -67,16 +68,24 @@ def test_label_and_patient_whitespace_is_stripped_counted_and_logged(tmp_path, c
     assert dm.stats["stripped_labels"] == 20 and dm.class_counts("train")[1] > 0
 
 
-@pytest.mark.parametrize("relabel, expected", [
-    # every covid row mislabelled: both fixes are offered
-    (lambda t: t["label"].where(t["label"] != "covid", "COVID"),
-     r"metadata.csv: no image has label 'covid' .* 20 row\(s\) have label 'COVID'.*"
-     r"Rename the label\(s\) 'COVID' to 'covid' in metadata.csv, or set data.classes=\[normal,COVID\]"),
-    # only some rows: changing data.classes would drop the others, so only the rename is offered
-    (lambda t: t["label"].where(~t["path"].isin(["covid/0.png", "covid/1.png"]), "Covid"),
-     r"metadata.csv: 2 row\(s\) have label 'Covid'; data.classes has 'covid' \(18 row\(s\).*Rename the "
-     r"label\(s\) 'Covid' to 'covid' in metadata.csv\.$"),
-])
+@pytest.mark.parametrize(
+    "relabel, expected",
+    [
+        # every covid row mislabelled: both fixes are offered
+        (
+            lambda t: t["label"].where(t["label"] != "covid", "COVID"),
+            r"metadata.csv: no image has label 'covid' .* 20 row\(s\) have label 'COVID'.*"
+            r"Rename the label\(s\) 'COVID' to 'covid' in metadata.csv, or set data.classes=\[normal,COVID\]",
+        ),
+        # only some rows: changing data.classes would drop the others, so only the rename is offered
+        (
+            lambda t: t["label"].where(~t["path"].isin(["covid/0.png", "covid/1.png"]), "Covid"),
+            r"metadata.csv: 2 row\(s\) have label 'Covid'; data.classes has 'covid' \(18 "
+            r"row\(s\).*Rename the "
+            r"label\(s\) 'Covid' to 'covid' in metadata.csv\.$",
+        ),
+    ],
+)
 def test_labels_differing_only_in_case_are_an_error_with_the_fix(tmp_path, relabel, expected):
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     _edit_csv(data, lambda t: t.__setitem__("label", relabel(t)))
@@ -91,18 +100,28 @@ def test_class_folder_differing_only_in_case_names_the_folder(tmp_path):
     data = make_dataset(tmp_path / "d", {"normal": 4, "COVID": 4})
     (data / "metadata.csv").unlink()
     table, report = load_manifest(data)
-    with pytest.raises(UserError, match=r"class folder 'COVID' holds 4 image\(s\).*"
-                                        r"Rename the class folder\(s\) 'COVID' to 'covid', "
-                                        r"or set data.classes=\[normal,COVID\]"):
+    with pytest.raises(
+        UserError,
+        match=r"class folder 'COVID' holds 4 image\(s\).*"
+        r"Rename the class folder\(s\) 'COVID' to 'covid', "
+        r"or set data.classes=\[normal,COVID\]",
+    ):
         select_classes(table, ["normal", "covid"], source=report.source)
 
 
-@pytest.mark.parametrize("row, second, shown", [
-    ("covid/3.png", "covid/1.png", r"'covid/1.png' on lines 7, 9\. "),
-    ("covid/3.png", "covid/./1.png", r"'covid/1.png' = 'covid/./1.png' on lines 7, 9\. "),
-    ("normal/3.png", "normal/../covid/1.png",
-     r"'normal/../covid/1.png' = 'covid/1.png' on lines 5, 7, conflicting labels \['covid', 'normal'\]"),
-])
+@pytest.mark.parametrize(
+    "row, second, shown",
+    [
+        ("covid/3.png", "covid/1.png", r"'covid/1.png' on lines 7, 9\. "),
+        ("covid/3.png", "covid/./1.png", r"'covid/1.png' = 'covid/./1.png' on lines 7, 9\. "),
+        (
+            "normal/3.png",
+            "normal/../covid/1.png",
+            r"'normal/../covid/1.png' = 'covid/1.png' on lines 5, 7, conflicting labels \['covid', "
+            r"'normal'\]",
+        ),
+    ],
+)
 def test_an_image_listed_twice_is_refused_naming_it(tmp_path, row, second, shown):
     data = make_dataset(tmp_path / "d", {"normal": 4, "covid": 4})  # lines 2-5 normal/0-3, 6-9 covid/0-3
     _edit_csv(data, lambda t: t.__setitem__("path", t["path"].replace(row, second)))
@@ -115,8 +134,11 @@ def test_relative_paths_must_stay_inside_the_folder_absolute_paths_are_accepted(
     outside = tmp_path / "outside.png"
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(outside)
     _edit_csv(data, lambda t: t.__setitem__("path", t["path"].replace("covid/3.png", "../outside.png")))
-    with pytest.raises(UserError, match=r"metadata.csv: 1 relative path\(s\) point outside the dataset "
-                                        r"folder .*line 9: '../outside.png'.*give absolute paths"):
+    with pytest.raises(
+        UserError,
+        match=r"metadata.csv: 1 relative path\(s\) point outside the dataset "
+        r"folder .*line 9: '../outside.png'.*give absolute paths",
+    ):
         read_manifest(data)
     _edit_csv(data, lambda t: t.__setitem__("path", t["path"].replace("../outside.png", str(outside))))
     table = read_manifest(data)
@@ -127,8 +149,10 @@ CSV_CORPUS = {
     "empty file": (b"", r"metadata.csv is empty \(0 bytes\).*Write a header path,label,patient_id"),
     "header only": (b"path,label,patient_id\n", r"metadata.csv has a header but no rows. Add one row"),
     "unclosed quote": (b'path,label,patient_id\n"covid/0.png,covid,p\n', r"is not a valid CSV.*quote"),
-    "extra field": (b"path,label,patient_id\ncovid/0.png,covid,p,x\ncovid/1.png,covid,p\n",
-                    r"metadata.csv is not a valid CSV: line 2 has 4 fields, the header has 3"),
+    "extra field": (
+        b"path,label,patient_id\ncovid/0.png,covid,p,x\ncovid/1.png,covid,p\n",
+        r"metadata.csv is not a valid CSV: line 2 has 4 fields, the header has 3",
+    ),
     "not utf-8": (b"path,label,patient_id\n\xff\xfe\x00covid,p\n", r"metadata.csv is not a UTF-8 text file"),
     "missing column": (b"file,label\ncovid/0.png,covid\n", r"lacks column\(s\) \['path', 'patient_id'\]"),
     "empty value": (b"path,label,patient_id\ncovid/0.png,,p\n", r"empty 'label' on line\(s\) 2. Fill it in"),
@@ -193,19 +217,34 @@ def _cache_entries(cache_root: Path) -> list[Path]:
 
 BAD_IMAGES = {
     # name: (write the file, reason, message)
-    "1x1": (lambda p: Image.fromarray(np.full((1, 1), 200, np.uint8)).save(p), "too_small",
-            rf"is 1x1 px; covidseg needs at least {MIN_SIDE} px on each side"),
-    "31x500": (lambda p: Image.fromarray(np.zeros((500, 31), np.uint8)).save(p), "too_small",
-               r"is 31x500 px"),
+    "1x1": (
+        lambda p: Image.fromarray(np.full((1, 1), 200, np.uint8)).save(p),
+        "too_small",
+        rf"is 1x1 px; covidseg needs at least {MIN_SIDE} px on each side",
+    ),
+    "31x500": (
+        lambda p: Image.fromarray(np.zeros((500, 31), np.uint8)).save(p),
+        "too_small",
+        r"is 31x500 px",
+    ),
     # above 2 x Image.MAX_IMAGE_PIXELS PIL raises DecompressionBombError ...
-    "bomb error": (lambda p: _png_claiming(p, 20000, 20000), "too_large",
-                   r"too large to decode safely.*Downscale"),
+    "bomb error": (
+        lambda p: _png_claiming(p, 20000, 20000),
+        "too_large",
+        r"too large to decode safely.*Downscale",
+    ),
     # ... between 1x and 2x it only warns (DecompressionBombWarning), which covidseg refuses as well
     "bomb warning": (lambda p: _png_claiming(p, 10000, 10000), "too_large", r"too large to decode safely"),
-    "not an image": (lambda p: p.write_bytes(b"not a png"), "unreadable",
-                     r"Cannot read image .*not in a format PIL can read"),
-    "truncated": (lambda p: p.write_bytes(_valid_png_bytes()[:60]), "unreadable",
-                  r"Cannot read image .*truncated"),
+    "not an image": (
+        lambda p: p.write_bytes(b"not a png"),
+        "unreadable",
+        r"Cannot read image .*not in a format PIL can read",
+    ),
+    "truncated": (
+        lambda p: p.write_bytes(_valid_png_bytes()[:60]),
+        "unreadable",
+        r"Cannot read image .*truncated",
+    ),
 }
 
 
@@ -242,7 +281,7 @@ def test_an_entry_cached_before_the_size_check_is_not_trusted(tmp_path):
     Image.fromarray(np.full((4, 4), 9, np.uint8)).save(tiny)
     ImageCache(tmp_path / "cache", 16).load(tiny)  # no minimum, as before this check existed
     assert len(_cache_entries(tmp_path / "cache")) == 1
-    with pytest.raises(UserError, match="tiny.png is 4x4 px"):
+    with pytest.raises(UserError, match=r"tiny.png is 4x4 px"):
         ImageCache(tmp_path / "cache", 16, min_side=MIN_SIDE).load(tiny)
 
 
@@ -258,8 +297,11 @@ def test_the_decompression_bomb_warning_stays_a_warning_outside_covidseg(tmp_pat
 # -- splits ---------------------------------------------------------------------------------------------
 def test_a_class_with_one_patient_is_refused_before_training(tmp_path):
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 2})  # both covid images: patient covid-0
-    with pytest.raises(UserError, match=r"class 'covid' has 1 patient\(s\) and no image in .*"
-                                        r"patients per class: normal: 10, covid: 1.*larger data.limit"):
+    with pytest.raises(
+        UserError,
+        match=r"class 'covid' has 1 patient\(s\) and no image in .*"
+        r"patients per class: normal: 10, covid: 1.*larger data.limit",
+    ):
         _datamodule(data, tmp_path).setup()
     # evaluation runs have no split: an external set may hold any number of patients per class
     dm = _datamodule(data, tmp_path, evaluate_on="all")
@@ -270,8 +312,11 @@ def test_a_class_with_one_patient_is_refused_before_training(tmp_path):
 def test_a_split_file_missing_a_class_in_val_names_the_file(tmp_path):
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     table = read_manifest(data)
-    split = np.where(table["label"] == "covid", np.where(table["patient_id"] == "covid-0", "test", "train"),
-                     np.array(["train", "val", "test", "train"] * 5)[np.arange(len(table)) // 2 % 20])
+    split = np.where(
+        table["label"] == "covid",
+        np.where(table["patient_id"] == "covid-0", "test", "train"),
+        np.array(["train", "val", "test", "train"] * 5)[np.arange(len(table)) // 2 % 20],
+    )
     table.assign(split=split)[["path", "split"]].to_csv(tmp_path / "splits.csv", index=False)
     with pytest.raises(UserError, match=r"class 'covid' has 10 patient\(s\) and no image in val.*splits.csv"):
         _datamodule(data, tmp_path, split_file=str(tmp_path / "splits.csv")).setup()
@@ -295,9 +340,18 @@ def test_a_subset_keeps_three_patients_of_a_small_class():
 
 
 # -- config values ----------------------------------------------------------------------------------------
-GOOD = {"data": {"image_size": 224, "batch_size": 32, "num_workers": 0, "limit": None, "split_file": None,
-                 "split_ratios": {"train": 0.7, "test": 0.2, "val": 0.1}},
-        "trainer": {"max_epochs": 12}, "model": {"optimizer": {"lr": 0.002}}}
+GOOD = {
+    "data": {
+        "image_size": 224,
+        "batch_size": 32,
+        "num_workers": 0,
+        "limit": None,
+        "split_file": None,
+        "split_ratios": {"train": 0.7, "test": 0.2, "val": 0.1},
+    },
+    "trainer": {"max_epochs": 12},
+    "model": {"optimizer": {"lr": 0.002}},
+}
 
 BAD_CONFIGS = [
     ("data.image_size=abc", r"data.image_size must be an integer >= 32, got 'abc'"),
@@ -344,11 +398,18 @@ def test_good_configs_and_a_split_file_pass():
     check_config(uses_file)  # ratios are not used with a split file
 
 
-@pytest.mark.parametrize("config, overrides", [
-    ("train", []), ("train", ["data=covid_cxr_3class", "debug=tiny"]), ("train", ["debug=fast"]),
-    ("train", ["experiment=compare_quick"]), ("train_segmenter", []), ("eval", ["ckpt_path=x.ckpt"]),
-    ("eval_segmenter", ["ckpt_path=x.ckpt"]),
-])
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ("train", []),
+        ("train", ["data=covid_cxr_3class", "debug=tiny"]),
+        ("train", ["debug=fast"]),
+        ("train", ["experiment=compare_quick"]),
+        ("train_segmenter", []),
+        ("eval", ["ckpt_path=x.ckpt"]),
+        ("eval_segmenter", ["ckpt_path=x.ckpt"]),
+    ],
+)
 def test_the_shipped_configs_pass(config, overrides, tmp_path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -368,8 +429,10 @@ def _keep_one_covid_patient(data: Path) -> None:
 
 
 CLI_CASES = {
-    "empty metadata.csv": (lambda d: (d / "metadata.csv").write_bytes(b""),
-                           r"metadata.csv is empty \(0 bytes\)"),
+    "empty metadata.csv": (
+        lambda d: (d / "metadata.csv").write_bytes(b""),
+        r"metadata.csv is empty \(0 bytes\)",
+    ),
     "one covid patient": (_keep_one_covid_patient, r"class 'covid' has 1 patient\(s\)"),
     "huge image": (lambda d: _png_claiming(d / "covid" / "5.png", 20000, 20000), r"covid/5.png is too large"),
 }
@@ -380,8 +443,16 @@ def test_cli_exits_2_naming_the_problem(tmp_path, case):
     breaks, expected = CLI_CASES[case]
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     breaks(data)
-    result = run_cli("covidseg-train", f"data.root={data}", "debug=fast", "logger=none", "data.image_size=32",
-                     f"hydra.run.dir={tmp_path}/run", check=False, timeout=180)
+    result = run_cli(
+        "covidseg-train",
+        f"data.root={data}",
+        "debug=fast",
+        "logger=none",
+        "data.image_size=32",
+        f"hydra.run.dir={tmp_path}/run",
+        check=False,
+        timeout=180,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in result.stderr

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from covidseg.checkpoints import load_module, read_checkpoint
 from covidseg.errors import UserError
 from covidseg.models.classifier import Classifier, load_classifier
-from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.models.segmenter import Segmenter, load_segmenter
+from covidseg.paths import CONF_DIR, register_resolvers
 from tests.conftest import run_cli
 
 HINT = "Train one first."
@@ -28,7 +28,7 @@ SIZE = 32  # the smallest input the 5-level Unet encoder takes
 
 
 class Payload:
-    """Pickles as a call of `function(*args)`: what a tampered checkpoint would run on an unrestricted load."""
+    """Pickles as a call of `function(*args)`: what a tampered checkpoint runs on an unrestricted load."""
 
     def __init__(self, function, *args):
         self.function, self.args = function, args
@@ -49,8 +49,15 @@ def crafted(request, tmp_path) -> tuple[Path, Path]:
     """A checkpoint-shaped file whose hyper_parameters would create `marker` when unpickled."""
     marker = tmp_path / "pwned"
     path = tmp_path / "crafted.ckpt"
-    torch.save({"epoch": 0, "state_dict": {}, "pytorch-lightning_version": L.__version__,
-                "hyper_parameters": {"backbone": PAYLOADS[request.param](marker)}}, path)
+    torch.save(
+        {
+            "epoch": 0,
+            "state_dict": {},
+            "pytorch-lightning_version": L.__version__,
+            "hyper_parameters": {"backbone": PAYLOADS[request.param](marker)},
+        },
+        path,
+    )
     return path, marker
 
 
@@ -61,13 +68,23 @@ def test_the_crafted_files_are_armed(crafted):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("load", [
-    lambda p: read_checkpoint(p, HINT),
-    lambda p: load_module(Classifier, p, HINT),
-    lambda p: load_module(Segmenter, p, HINT),
-    load_classifier,
-    load_segmenter,
-], ids=["read_checkpoint", "load_module-classifier", "load_module-segmenter", "load_classifier", "load_segmenter"])
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda p: read_checkpoint(p, HINT),
+        lambda p: load_module(Classifier, p, HINT),
+        lambda p: load_module(Segmenter, p, HINT),
+        load_classifier,
+        load_segmenter,
+    ],
+    ids=[
+        "read_checkpoint",
+        "load_module-classifier",
+        "load_module-segmenter",
+        "load_classifier",
+        "load_segmenter",
+    ],
+)
 def test_a_crafted_checkpoint_is_refused_without_running_its_code(crafted, load):
     path, marker = crafted
     with pytest.raises(UserError, match="will not unpickle") as err:
@@ -83,7 +100,9 @@ def test_eval_refuses_a_crafted_checkpoint_with_a_one_line_error(tmp_path):
     result = run_cli("covidseg-eval", f"ckpt_path={path}", f"hydra.run.dir={tmp_path}/eval", check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert "Traceback" not in output and f"{path} contains Python objects" in output and "posix.system" in output
+    assert (
+        "Traceback" not in output and f"{path} contains Python objects" in output and "posix.system" in output
+    )
     assert not marker.exists()
 
 
@@ -93,14 +112,29 @@ def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
     cfg.paths.output_dir = str(out)
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
     # The segmenter's config has no early stopping; give it one like conf/callbacks/early_stopping.yaml.
-    stopping = (instantiate(cfg.callbacks.early_stopping) if "early_stopping" in cfg.callbacks
-                else EarlyStopping(monitor=checkpoint.monitor, mode=checkpoint.mode, patience=5))
-    loader = DataLoader(TensorDataset(torch.randn(len(target), 1, SIZE, SIZE), target), batch_size=len(target))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=instantiate(cfg.logger.csv),
-                        callbacks=[checkpoint, stopping], enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, log_every_n_steps=1)
+    stopping = (
+        instantiate(cfg.callbacks.early_stopping)
+        if "early_stopping" in cfg.callbacks
+        else EarlyStopping(monitor=checkpoint.monitor, mode=checkpoint.mode, patience=5)
+    )
+    loader = DataLoader(
+        TensorDataset(torch.randn(len(target), 1, SIZE, SIZE), target), batch_size=len(target)
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=instantiate(cfg.logger.csv),
+        callbacks=[checkpoint, stopping],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
     trainer.fit(model, loader, loader)
-    assert Path(checkpoint.best_model_path).name == "best.ckpt" and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (
+        Path(checkpoint.best_model_path).name == "best.ckpt" and (out / "checkpoints" / "last.ckpt").is_file()
+    )
     return checkpoint.best_model_path
 
 
@@ -112,19 +146,27 @@ def trained(tmp_path_factory) -> dict[str, tuple[L.LightningModule, str]]:
     common = ["logger=csv", f"paths.output_dir={base}", f"paths.log_dir={base}/logs"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         train = compose("train", overrides=[*common, "callbacks=early_stopping", f"data.image_size={SIZE}"])
-        segment = compose("train_segmenter", overrides=[*common, f"segmenter.image_size={SIZE}",
-                                                        "trainer.max_epochs=1"])
+        segment = compose(
+            "train_segmenter", overrides=[*common, f"segmenter.image_size={SIZE}", "trainer.max_epochs=1"]
+        )
     data_config = OmegaConf.to_container(train.data, resolve=True)
     data_config.pop("_target_")
     data_config["segmenter"] = OmegaConf.to_container(train.segmenter, resolve=True)
     L.seed_everything(0)
-    classifier = instantiate(train.model, _convert_="all", class_names=["normal", "covid"],
-                             class_weights=[0.8, 1.2], data_config=data_config)
+    classifier = instantiate(
+        train.model,
+        _convert_="all",
+        class_names=["normal", "covid"],
+        class_weights=[0.8, 1.2],
+        data_config=data_config,
+    )
     segmenter = instantiate(segment.model, _convert_="all")
     return {
         "classifier": (classifier, fit(train, classifier, torch.tensor([0, 1]), base / "classifier")),
-        "segmenter": (segmenter, fit(segment, segmenter, (torch.rand(2, 1, SIZE, SIZE) > 0.5).float(),
-                                     base / "segmenter")),
+        "segmenter": (
+            segmenter,
+            fit(segment, segmenter, (torch.rand(2, 1, SIZE, SIZE) > 0.5).float(), base / "segmenter"),
+        ),
     }
 
 
@@ -150,8 +192,10 @@ def test_an_instantiator_named_by_a_tampered_checkpoint_is_not_used(trained, tmp
     """Lightning imports and calls hyper_parameters["_instantiator"]; covidseg never writes one."""
     model, best = trained["classifier"]
     checkpoint = read_checkpoint(best, HINT)
-    checkpoint["hyper_parameters"].update(_instantiator="lightning.pytorch.cli.instantiate_module",
-                                          _class_path="covidseg.models.classifier.Classifier")
+    checkpoint["hyper_parameters"].update(
+        _instantiator="lightning.pytorch.cli.instantiate_module",
+        _class_path="covidseg.models.classifier.Classifier",
+    )
     path = tmp_path / "tampered.ckpt"
     torch.save(checkpoint, path)
     loaded = load_module(Classifier, path, HINT)

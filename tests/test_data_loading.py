@@ -7,7 +7,8 @@ from PIL import Image
 
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.images import ImageCache, decode
-from covidseg.data.manifest import read_manifest, select_classes
+from covidseg.data.manifest import read_manifest
+from covidseg.data.selection import select_classes
 from covidseg.errors import UserError
 from tests.conftest import make_dataset
 
@@ -23,7 +24,7 @@ def _save(tmp_path, name, image):
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "1", "JPEG"])
 def test_every_image_mode_becomes_square_uint8_gray(tmp_path, mode):
     if mode == "I;16":
-        image = Image.fromarray((GRADIENT.astype(np.uint16) * 16 + 1000))  # 12-bit range, offset
+        image = Image.fromarray(GRADIENT.astype(np.uint16) * 16 + 1000)  # 12-bit range, offset
     elif mode == "JPEG":
         image = Image.fromarray(GRADIENT).convert("RGB")
     elif mode == "1":
@@ -146,7 +147,7 @@ def test_datamodule_tensors_and_class_weights(tmp_path):
     data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 10})
     dm = _datamodule(data, tmp_path, batch_size=4)
     dm.setup()
-    x, y = next(iter(dm.train_dataloader()))
+    x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, 16, 16) and x.dtype.is_floating_point
     counts = dm.class_counts("train")
     weights = dm.class_weights()

@@ -14,7 +14,7 @@ from covidseg.explain import cam_maps, find_target_layer, lung_energy, resolve_t
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny CPU forwards: one intra-op thread avoids oversubscription on a busy machine (10-50x faster here)."""
+    """Tiny CPU forwards: one intra-op thread avoids oversubscription on a busy machine (10-50x faster)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

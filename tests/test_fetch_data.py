@@ -108,12 +108,22 @@ def test_build_covid_cxr(fd, tmp_path):
     rows = table.set_index("original_name")
     a = rows.loc["a-case.jpeg"]
     assert (a.path, a.label, a.patient_id, a.source, a.view) == (
-        "images/covid/a-case.png", "covid", "ieee-46", "ieee8023/covid-chestxray-dataset", "PA")
+        "images/covid/a-case.png",
+        "covid",
+        "ieee-46",
+        "ieee8023/covid-chestxray-dataset",
+        "PA",
+    )
     assert (a.original_width, a.original_height) == (1030, 600)
     assert rows.loc["b-case.png", "view"] == "AP Supine"
     assert rows.loc["unknown-figure.png", "patient_id"] == "ieee-file-unknown-figure"
     nih = rows.loc["00000013_005.png"]
-    assert (nih.label, nih.patient_id, nih.source, nih.view) == ("normal", "nih-00000013", "NIH ChestX-ray8", "PA/AP")
+    assert (nih.label, nih.patient_id, nih.source, nih.view) == (
+        "normal",
+        "nih-00000013",
+        "NIH ChestX-ray8",
+        "PA/AP",
+    )
     assert rows.loc["00000099_000.png", "label"] == "pneumonia"
     assert len(table) == 6  # .DS_Store ignored
 
@@ -175,13 +185,21 @@ def test_main_end_to_end_with_fake_downloads(fd, tmp_path):
     assert list(lungs.columns) == ["image", "mask"] and len(lungs) == 2
     assert all((out / "lungs" / p).is_file() for p in lungs["mask"])
     assert not list(out.glob(".*partial"))
-    assert sorted(p.name for p in keep.iterdir()) == ["darkcovidnet.zip", "ieee8023-metadata.csv", "openist.zip"]
+    assert sorted(p.name for p in keep.iterdir()) == [
+        "darkcovidnet.zip",
+        "ieee8023-metadata.csv",
+        "openist.zip",
+    ]
 
     calls.clear()  # a second run skips both sets; --force rebuilds from the kept downloads
     assert fd.main(["--out", str(out)], fetch=fake_fetch) == 0
     assert calls == []
-    assert fd.main(["--out", str(out), "--only", "lungs", "--force", "--keep-downloads", str(keep)],
-                   fetch=fake_fetch) == 0
+    assert (
+        fd.main(
+            ["--out", str(out), "--only", "lungs", "--force", "--keep-downloads", str(keep)], fetch=fake_fetch
+        )
+        == 0
+    )
     assert calls == []
     assert len(pd.read_csv(out / "lungs" / "metadata.csv")) == 2
 

@@ -1,13 +1,12 @@
 """Stage 1: post-processing, masking arithmetic, the mask cache, and real tiny trainings."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from covidseg.errors import UserError
 from covidseg.data.transforms import apply_masks, lung_box
+from covidseg.errors import UserError
 from covidseg.masks import MaskSource
 from covidseg.models.segmenter import dice_iou, postprocess
 from tests.conftest import read_metrics, run_cli
@@ -15,10 +14,10 @@ from tests.conftest import read_metrics, run_cli
 
 def two_lungs_with_specks() -> np.ndarray:
     prob = np.zeros((40, 40), np.float32)
-    prob[5:35, 4:16] = 0.9    # left lung
-    prob[5:35, 24:36] = 0.8   # right lung
-    prob[15:20, 8:12] = 0.1   # a hole (opacity) inside the left lung
-    prob[1:3, 19:21] = 0.95   # a speck between/above the lungs
+    prob[5:35, 4:16] = 0.9  # left lung
+    prob[5:35, 24:36] = 0.8  # right lung
+    prob[15:20, 8:12] = 0.1  # a hole (opacity) inside the left lung
+    prob[1:3, 19:21] = 0.95  # a speck between/above the lungs
     prob[37:39, 37:39] = 0.7  # a speck in the corner
     return prob
 
@@ -43,8 +42,8 @@ def test_postprocess_options_can_be_turned_off_and_dilation_grows():
 def test_dice_iou():
     a = np.zeros((4, 4), np.uint8)
     b = np.zeros((4, 4), np.uint8)
-    a[:2] = 1            # 8 pixels
-    b[1:3] = 1           # 8 pixels, 4 shared
+    a[:2] = 1  # 8 pixels
+    b[1:3] = 1  # 8 pixels, 4 shared
     assert dice_iou(a, b) == pytest.approx((0.5, 1 / 3))
     assert dice_iou(a, a) == (1.0, 1.0)
 
@@ -89,11 +88,17 @@ def test_eval_segmenter_on_a_mask_set(tiny_segmenter, lungs, tmp_path):
     subset = tmp_path / "masks"
     subset.mkdir()
     table = pd.read_csv(lungs / "metadata.csv").head(5)
-    table.assign(image=[str(lungs / p) for p in table["image"]], mask=[str(lungs / p) for p in table["mask"]]) \
-        .to_csv(subset / "metadata.csv", index=False)
+    table.assign(
+        image=[str(lungs / p) for p in table["image"]], mask=[str(lungs / p) for p in table["mask"]]
+    ).to_csv(subset / "metadata.csv", index=False)
     out = tmp_path / "eval"
-    run_cli("covidseg-eval-segmenter", f"ckpt_path={tiny_segmenter}/checkpoints/best.ckpt", f"data.root={subset}",
-            "overlays=4", f"hydra.run.dir={out}")
+    run_cli(
+        "covidseg-eval-segmenter",
+        f"ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
+        f"data.root={subset}",
+        "overlays=4",
+        f"hydra.run.dir={out}",
+    )
     metrics = read_metrics(out)
     assert metrics["n_test"] == 5 and 0.0 <= metrics["test/dice"] <= 1.0
     assert (out / "overlays.png").is_file()
@@ -108,7 +113,9 @@ class CountingMaskSource(MaskSource):
 
 
 @pytest.mark.slow
-def test_mask_cache_second_pass_runs_no_network_and_new_checkpoint_misses(tiny_segmenter, covid_cxr, tmp_path):
+def test_mask_cache_second_pass_runs_no_network_and_new_checkpoint_misses(
+    tiny_segmenter, covid_cxr, tmp_path
+):
     files = [str(covid_cxr / p) for p in pd.read_csv(covid_cxr / "metadata.csv")["path"].iloc[:6]]
     ckpt = tiny_segmenter / "checkpoints" / "best.ckpt"
     first = CountingMaskSource(ckpt, tmp_path / "cache")
@@ -131,11 +138,22 @@ def test_mask_cache_second_pass_runs_no_network_and_new_checkpoint_misses(tiny_s
 @pytest.mark.slow
 def test_classifier_trains_on_segmented_input(tiny_segmenter, tmp_path):
     run = tmp_path / "run"
-    run_cli("covidseg-train", "data.input=segmented", "data.limit=40", "data.image_size=48", "trainer.max_epochs=1",
-            "logger=csv", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt", f"hydra.run.dir={run}")
+    run_cli(
+        "covidseg-train",
+        "data.input=segmented",
+        "data.limit=40",
+        "data.image_size=48",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
+        f"hydra.run.dir={run}",
+    )
     metrics = read_metrics(run)
     assert metrics["input"] == "segmented" and metrics["segmenter_sha1"]
-    assert metrics["mask_cache_misses"] + metrics["mask_cache_hits"] == metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
+    assert (
+        metrics["mask_cache_misses"] + metrics["mask_cache_hits"]
+        == metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
+    )
     stats = pd.read_csv(run / "mask_stats.csv")
     assert len(stats) == metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
     assert stats["lung_area_fraction"].between(0, 1).all() and (run / "masks_overview.png").is_file()
@@ -144,6 +162,12 @@ def test_classifier_trains_on_segmented_input(tiny_segmenter, tmp_path):
 def test_missing_segmenter_checkpoint_says_how_to_make_one(tmp_path):
     with pytest.raises(UserError, match="make segmenter"):
         MaskSource(tmp_path / "none.ckpt", tmp_path)
-    result = run_cli("covidseg-train", "data.input=segmented", f"segmenter.ckpt_path={tmp_path}/none.ckpt",
-                     "debug=fast", f"hydra.run.dir={tmp_path}/r", check=False)
+    result = run_cli(
+        "covidseg-train",
+        "data.input=segmented",
+        f"segmenter.ckpt_path={tmp_path}/none.ckpt",
+        "debug=fast",
+        f"hydra.run.dir={tmp_path}/r",
+        check=False,
+    )
     assert result.returncode == 2 and "make segmenter" in result.stderr + result.stdout

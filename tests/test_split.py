@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from covidseg.data.manifest import read_manifest, select_classes, stratified_subset
+from covidseg.data.manifest import read_manifest
+from covidseg.data.selection import select_classes, stratified_subset
 from covidseg.data.split import check_no_leakage, read_split_file, split_by_patient
 from covidseg.errors import UserError
 

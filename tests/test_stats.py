@@ -64,7 +64,9 @@ def test_paired_difference_edge_cases():
 
 def test_binary_metrics_small_example():
     y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
-    p = np.array([0.9, 0.6, 0.4, 0.2, 0.7, 0.1, 0.55, 0.8])  # exactly 0.5: test_threshold_rule_matches_torchmetrics
+    p = np.array(
+        [0.9, 0.6, 0.4, 0.2, 0.7, 0.1, 0.55, 0.8]
+    )  # exactly 0.5: test_threshold_rule_matches_torchmetrics
     # predictions at 0.5: 1 1 0 0 1 0 1 1 -> TP=3 (idx 0,1,7), FN=1 (idx 2), FP=2 (idx 4,6), TN=2 (idx 3,5)
     assert stats.accuracy(y, p) == pytest.approx(5 / 8)
     assert stats.precision(y, p) == pytest.approx(3 / 5)
@@ -76,7 +78,7 @@ def test_binary_metrics_small_example():
 
 
 def test_threshold_rule_matches_torchmetrics():
-    """A probability of exactly the threshold is negative, in covidseg.stats as in the metrics logged in training."""
+    """A probability of exactly the threshold is negative, in covidseg.stats as in the training metrics."""
     import torch
     from torchmetrics.classification import BinaryAccuracy, BinaryRecall
 
@@ -120,14 +122,16 @@ def test_auroc_matches_pair_count():
 
 def _predictions(prob_covid: np.ndarray, target: np.ndarray, patients: np.ndarray) -> pd.DataFrame:
     labels = np.where(target == 1, "covid", "normal")
-    return pd.DataFrame({
-        "path": [f"{lab}/{i}.png" for i, lab in enumerate(labels)],
-        "label": labels,
-        "patient_id": patients,
-        "prob_normal": 1.0 - prob_covid,
-        "prob_covid": prob_covid,
-        "target": target.astype(int),
-    })
+    return pd.DataFrame(
+        {
+            "path": [f"{lab}/{i}.png" for i, lab in enumerate(labels)],
+            "label": labels,
+            "patient_id": patients,
+            "prob_normal": 1.0 - prob_covid,
+            "prob_covid": prob_covid,
+            "target": target.astype(int),
+        }
+    )
 
 
 @pytest.fixture
@@ -158,7 +162,8 @@ def test_bootstrap_perfect_vs_random(test_set):
     assert r["p_value"] < 0.01
     # a callable on the frame gives the same answer as the named metric
     r2 = stats.bootstrap_patient_difference(
-        a, b, lambda f: stats.accuracy(f["target"], f["prob_covid"]), n_boot=300, seed=1)
+        a, b, lambda f: stats.accuracy(f["target"], f["prob_covid"]), n_boot=300, seed=1
+    )
     assert r2["ci_low"] == pytest.approx(r["ci_low"]) and r2["p_value"] == pytest.approx(r["p_value"])
 
 
@@ -174,8 +179,16 @@ def test_bootstrap_rejects_different_images(test_set):
 def test_bootstrap_more_than_two_classes_only_accuracy(test_set):
     rng, target, patients = test_set
     probs = rng.dirichlet(np.ones(3), size=80)
-    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(80)], "patient_id": patients,
-                          "prob_a": probs[:, 0], "prob_b": probs[:, 1], "prob_c": probs[:, 2], "target": target})
+    frame = pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(80)],
+            "patient_id": patients,
+            "prob_a": probs[:, 0],
+            "prob_b": probs[:, 1],
+            "prob_c": probs[:, 2],
+            "target": target,
+        }
+    )
     r = stats.bootstrap_patient_difference(frame, frame, "acc", n_boot=20)
     assert r["metric_a"] == pytest.approx(np.mean(probs.argmax(axis=1) == target)) and r["observed"] == 0.0
     for name in ("f1", "accuracy"):

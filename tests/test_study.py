@@ -16,12 +16,34 @@ def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
     sweep = base / "sweep"
     own_cache = {"COVIDSEG_CACHE_DIR": str(base / "cache")}  # so mask-cache counts are this sweep's alone
     # resnet181 is a typo on purpose: that job must fail alone and be reported.
-    result = run_cli("covidseg-train", "-m", "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
-                     "data.input=raw,segmented", "seed=0", "data.image_size=64", "data.limit=60", "data.batch_size=16",
-                     "trainer.max_epochs=2", "logger=wandb", f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
-                     f"hydra.sweep.dir={sweep}", env=own_cache, check=False)
+    result = run_cli(
+        "covidseg-train",
+        "-m",
+        "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
+        "data.input=raw,segmented",
+        "seed=0",
+        "data.image_size=64",
+        "data.limit=60",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        "logger=wandb",
+        f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
+        f"hydra.sweep.dir={sweep}",
+        env=own_cache,
+        check=False,
+    )
     (base / "sweep_output.txt").write_text(f"{result.returncode}\n{result.stdout}")
-    run_cli("covidseg-report", str(sweep), "--n-boot", "200", "--energy-images", "8", "--cam-images", "4", env=own_cache)
+    run_cli(
+        "covidseg-report",
+        str(sweep),
+        "--n-boot",
+        "200",
+        "--energy-images",
+        "8",
+        "--cam-images",
+        "4",
+        env=own_cache,
+    )
     return sweep
 
 
@@ -42,8 +64,10 @@ def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
     assert ok["lung_energy"].dropna().between(0, 1).all() and ok["lung_energy"].notna().sum() >= 2
     segmented = ok[ok["input"] == "segmented"]
     # the masks for the sweep were predicted once: only the first segmented job missed the cache
-    assert sorted(segmented["mask_cache_misses"]) == [0, segmented["n_train"].iloc[0] + segmented["n_val"].iloc[0]
-                                                     + segmented["n_test"].iloc[0]]
+    assert sorted(segmented["mask_cache_misses"]) == [
+        0,
+        segmented["n_train"].iloc[0] + segmented["n_val"].iloc[0] + segmented["n_test"].iloc[0],
+    ]
 
 
 @pytest.mark.slow
@@ -51,17 +75,25 @@ def test_a_sweep_with_failed_jobs_ends_with_a_summary_and_exit_code_1(tiny_sweep
     code, output = (tiny_sweep.parent / "sweep_output.txt").read_text().split("\n", 1)
     assert code == "1"
     assert f"Sweep {tiny_sweep}: 4 of 6 job(s) finished, 2 failed." in output
-    assert len(re.findall(r"job \d failed: UserError: model.backbone='resnet181' is not a timm model", output)) == 2
+    assert (
+        len(re.findall(r"job \d failed: UserError: model.backbone='resnet181' is not a timm model", output))
+        == 2
+    )
 
 
 @pytest.mark.slow
 def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep):
     text = (tiny_sweep / "report.md").read_text()
     table = text.split("## Test metrics")[1].split("##")[0]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Backbone")]
+    rows = [
+        line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Backbone")
+    ]
     assert sorted((r.split("|")[1].strip(), r.split("|")[2].strip()) for r in rows) == [
-        ("mobilenetv3_small_050", "raw"), ("mobilenetv3_small_050", "segmented"),
-        ("resnet18", "raw"), ("resnet18", "segmented")]
+        ("mobilenetv3_small_050", "raw"),
+        ("mobilenetv3_small_050", "segmented"),
+        ("resnet18", "raw"),
+        ("resnet18", "segmented"),
+    ]
     for row in rows:
         values = [float(v) for v in re.findall(r"-?\d+\.\d+", "|".join(row.split("|")[4:]))]
         assert values and all(0.0 <= v <= 1.0 for v in values), row

@@ -16,14 +16,22 @@ TINY = ["data.limit=60", "data.image_size=64", "data.batch_size=16", "trainer.ma
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, covid_cxr) -> Path:
     run = tmp_path_factory.mktemp("tiny") / "run"
-    run_cli("covidseg-train", *TINY, "model.backbone=resnet18", "logger=wandb", "seed=1", f"hydra.run.dir={run}")
+    run_cli(
+        "covidseg-train", *TINY, "model.backbone=resnet18", "logger=wandb", "seed=1", f"hydra.run.dir={run}"
+    )
     return run
 
 
 @pytest.mark.slow
 def test_tiny_training_meets_the_run_directory_contract(tiny_run):
-    for name in [".hydra/config.yaml", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                 "metrics.json", "predictions.csv"]:
+    for name in [
+        ".hydra/config.yaml",
+        "splits.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "predictions.csv",
+    ]:
         assert (tiny_run / name).is_file(), name
     metrics = read_metrics(tiny_run)
     for key in CONTRACT_FLOATS:
@@ -52,8 +60,13 @@ def test_csv_and_offline_wandb_loggers_write_their_files(tiny_run):
 @pytest.mark.slow
 def test_eval_on_the_checkpoint_agrees_with_the_test_metrics(tiny_run, tmp_path):
     out = tmp_path / "eval"
-    run_cli("covidseg-eval", f"ckpt_path={tiny_run}/checkpoints/best.ckpt", f"data.split_file={tiny_run}/splits.csv",
-            "data.split=test", f"hydra.run.dir={out}")
+    run_cli(
+        "covidseg-eval",
+        f"ckpt_path={tiny_run}/checkpoints/best.ckpt",
+        f"data.split_file={tiny_run}/splits.csv",
+        "data.split=test",
+        f"hydra.run.dir={out}",
+    )
     trained, evaluated = read_metrics(tiny_run), read_metrics(out)
     for key in CONTRACT_FLOATS:
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
@@ -67,7 +80,12 @@ def test_eval_on_the_checkpoint_agrees_with_the_test_metrics(tiny_run, tmp_path)
 def test_eval_on_another_folder_uses_every_image(tiny_run, tmp_path):
     other = make_dataset(tmp_path / "other_hospital", {"normal": 5, "covid": 4, "tb": 2}, size=80)
     out = tmp_path / "eval"
-    run_cli("covidseg-eval", f"ckpt_path={tiny_run}/checkpoints/best.ckpt", f"data.root={other}", f"hydra.run.dir={out}")
+    run_cli(
+        "covidseg-eval",
+        f"ckpt_path={tiny_run}/checkpoints/best.ckpt",
+        f"data.root={other}",
+        f"hydra.run.dir={out}",
+    )
     metrics = read_metrics(out)
     assert metrics["n_test"] == 9 and metrics["dropped_labels"] == {"tb": 2}
     predictions = pd.read_csv(out / "predictions.csv")
@@ -76,16 +94,29 @@ def test_eval_on_another_folder_uses_every_image(tiny_run, tmp_path):
 
 
 def test_unknown_backbone_fails_at_start_with_suggestions(tmp_path):
-    result = run_cli("covidseg-train", "model.backbone=resnet181", "debug=fast", "data.limit=30",
-                     f"hydra.run.dir={tmp_path}", check=False)
+    result = run_cli(
+        "covidseg-train",
+        "model.backbone=resnet181",
+        "debug=fast",
+        "data.limit=30",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
     assert result.returncode == 2
-    assert "is not a timm model" in result.stderr + result.stdout and "resnet18" in result.stderr + result.stdout
+    assert (
+        "is not a timm model" in result.stderr + result.stdout and "resnet18" in result.stderr + result.stdout
+    )
     assert "Traceback" not in result.stderr
 
 
 def test_bad_data_root_is_a_clear_error(tmp_path):
-    result = run_cli("covidseg-train", f"data.root={tmp_path}/missing", "debug=fast", f"hydra.run.dir={tmp_path}/r",
-                     check=False)
+    result = run_cli(
+        "covidseg-train",
+        f"data.root={tmp_path}/missing",
+        "debug=fast",
+        f"hydra.run.dir={tmp_path}/r",
+        check=False,
+    )
     assert result.returncode == 2 and "does not exist" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
@@ -93,8 +124,14 @@ def test_bad_data_root_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_three_class_config_trains_with_the_same_code(tmp_path):
     run = tmp_path / "run"
-    run_cli("covidseg-train", "data=covid_cxr_3class", "debug=fast", "data.limit=45", "data.image_size=32",
-            f"hydra.run.dir={run}")
+    run_cli(
+        "covidseg-train",
+        "data=covid_cxr_3class",
+        "debug=fast",
+        "data.limit=45",
+        "data.image_size=32",
+        f"hydra.run.dir={run}",
+    )
     metrics = read_metrics(run)
     assert metrics["classes"] == ["normal", "pneumonia", "covid"]
     assert len(metrics["test/confusion"]) == 3 and metrics["dropped_labels"] == {}
@@ -104,8 +141,17 @@ def test_three_class_config_trains_with_the_same_code(tmp_path):
 @pytest.mark.slow
 def test_ddp_job_trains_on_two_processes_and_tests_every_image_once(tmp_path):
     run = tmp_path / "run"
-    run_cli("covidseg-train", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.limit=40",
-            "data.image_size=32", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run}")
+    run_cli(
+        "covidseg-train",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "data.limit=40",
+        "data.image_size=32",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+    )
     metrics = read_metrics(run)
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == metrics["n_test"] == sum(map(sum, metrics["test/confusion"]))
@@ -115,7 +161,13 @@ def test_ddp_job_trains_on_two_processes_and_tests_every_image_once(tmp_path):
 @pytest.mark.slow
 def test_a_rerun_into_the_same_folder_replaces_the_previous_results(tmp_path):
     run = tmp_path / "run"
-    args = ["data.limit=30", "data.image_size=32", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run}"]
+    args = [
+        "data.limit=30",
+        "data.image_size=32",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+    ]
     run_cli("covidseg-train", *args, "seed=0")
     (run / "failed.json").write_text("{}")  # as if an earlier attempt had failed here
     run_cli("covidseg-train", *args, "seed=1")

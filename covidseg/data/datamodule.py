@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.images import MIN_SIDE, ImageCache
-from covidseg.data.manifest import load_manifest, select_classes, stratified_subset
+from covidseg.data.manifest import load_manifest
+from covidseg.data.selection import select_classes, stratified_subset
 from covidseg.data.split import (
     DEFAULT_SPLIT_RATIOS,
     SPLITS,
@@ -94,7 +95,9 @@ class CXRDataModule(ArrayDataModule):
         self.crop_to_lungs = bool(crop_to_lungs)
         self.crop_margin = float(crop_margin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.masks = masks  # a covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw
+        self.masks = (
+            masks  # a covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw
+        )
         self.table: pd.DataFrame | None = None
         self.stats: dict[str, Any] = {}
 
@@ -113,8 +116,13 @@ class CXRDataModule(ArrayDataModule):
         if self.table is not None:
             return
         table, manifest = load_manifest(self.root)
-        table, dropped = select_classes(table, self.classes, self.on_unknown_label, source=manifest.source,
-                                        require_all=not self.evaluate_on)
+        table, dropped = select_classes(
+            table,
+            self.classes,
+            self.on_unknown_label,
+            source=manifest.source,
+            require_all=not self.evaluate_on,
+        )
         if self.limit:
             table = stratified_subset(table, self.limit, self.seed)
         table["split"] = self._assign_splits(table)
@@ -147,9 +155,14 @@ class CXRDataModule(ArrayDataModule):
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
             transform = self.augmentation if split == "train" and not self.evaluate_on else None
-            self.datasets[split] = ArrayDataset(images[rows], table.loc[rows, "target"].to_numpy(),
-                                                self.mean, self.std, transform)
-        log.info("Data %s: %s", self.root, {k: v for k, v in self.stats.items() if k.startswith(("n_", "patients_"))})
+            self.datasets[split] = ArrayDataset(
+                images[rows], table.loc[rows, "target"].to_numpy(), self.mean, self.std, transform
+            )
+        log.info(
+            "Data %s: %s",
+            self.root,
+            {k: v for k, v in self.stats.items() if k.startswith(("n_", "patients_"))},
+        )
 
     def _assign_splits(self, table: pd.DataFrame) -> pd.Series:
         if self.evaluate_on == "all":
@@ -164,23 +177,36 @@ class CXRDataModule(ArrayDataModule):
 
     @property
     def load_size(self) -> int:
-        """Size images are decoded at: cropping to the lungs enlarges the crop again, so twice the size then."""
+        """Size images are decoded at: twice the image size when cropping to the lungs enlarges the crop."""
         return self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
 
     def _split_fix(self) -> str:
         if self.split_file:
-            return (f"Fix {self.split_file} so that each split has images of every class, or set "
-                    "data.split_file=null.")
-        return (f"Use more data (more patients of that class), a larger data.limit (now {self.limit or 'null'}) "
-                f"or other data.split_ratios (now {self.split_ratios}); a class needs at least 3 patients.")
+            return (
+                f"Fix {self.split_file} so that each split has images of every class, or set "
+                "data.split_file=null."
+            )
+        return (
+            f"Use more data (more patients of that class), a larger data.limit (now {self.limit or 'null'}) "
+            f"or other data.split_ratios (now {self.split_ratios}); a class needs at least 3 patients."
+        )
 
     def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
         if self.masks is None:
-            raise UserError(f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`).")
+            raise UserError(
+                f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`)."
+            )
         masks = self.masks.masks_for(files, digests, size=images.shape[-1])
         self.stats.update(self.masks.stats())
-        return apply_masks(images, masks, self.input, self.crop_to_lungs, self.crop_margin,
-                           background=self.masks.background, out_size=self.image_size)
+        return apply_masks(
+            images,
+            masks,
+            self.input,
+            self.crop_to_lungs,
+            self.crop_margin,
+            background=self.masks.background,
+            out_size=self.image_size,
+        )
 
     # -- what the model and entry points need -----------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
@@ -194,7 +220,9 @@ class CXRDataModule(ArrayDataModule):
         counts = np.array(self.class_counts("train"), dtype=float)
         if (counts == 0).any():
             missing = [c for c, n in zip(self.classes, counts) if n == 0]
-            raise UserError(f"The training split has no image of class {missing}; use more data (data.limit).")
+            raise UserError(
+                f"The training split has no image of class {missing}; use more data (data.limit)."
+            )
         weights = counts.sum() / (len(counts) * counts)
         return weights.tolist()
 

@@ -22,8 +22,14 @@ class ArrayDataset(Dataset):
     transform as its image (so augmentation never separates a lung from its mask) and comes out as float.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, mean: float, std: float,
-                 transform: v2.Transform | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        mean: float,
+        std: float,
+        transform: v2.Transform | None = None,
+    ):
         self.images = torch.from_numpy(images).unsqueeze(1)
         self.targets = torch.from_numpy(targets if targets.ndim == 3 else targets.astype(np.int64))
         self.is_mask = self.targets.ndim == 3
@@ -64,8 +70,14 @@ class ArrayDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise UserError(self.describe_empty(split))
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

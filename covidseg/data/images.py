@@ -72,14 +72,19 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if min(width, height) < min_side:
-                    raise BadImage(f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} "
-                                   "px on each side (a smaller image holds no usable X-ray detail).",
-                                   "too_small")
+                    raise BadImage(
+                        f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} "
+                        "px on each side (a smaller image holds no usable X-ray detail).",
+                        "too_small",
+                    )
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(f"Image {path} is too large to decode safely: {err}", "too_large",
-                       "Downscale the file (it is resized to data.image_size anyway), or remove it, or set "
-                       "data.on_bad_image=skip.") from err
+        raise BadImage(
+            f"Image {path} is too large to decode safely: {err}",
+            "too_large",
+            "Downscale the file (it is resized to data.image_size anyway), or remove it, or set "
+            "data.on_bad_image=skip.",
+        ) from err
     except UnidentifiedImageError as err:
         raise BadImage(f"Cannot read image {path}: not in a format PIL can read.", "unreadable") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
@@ -157,8 +162,9 @@ class ImageCache:
         self.misses += 1
         return array, digest
 
-    def load_many(self, paths: Sequence[str], on_bad_image: str = "error"
-                  ) -> tuple[np.ndarray, list[str], list[int]]:
+    def load_many(
+        self, paths: Sequence[str], on_bad_image: str = "error"
+    ) -> tuple[np.ndarray, list[str], list[int]]:
         """Stack of arrays for `paths`, their digests, and the indices of refused files skipped.
 
         on_bad_image: `error` stops at the first refused file; `skip` leaves it out, logs it and counts
@@ -181,7 +187,12 @@ class ImageCache:
             arrays.append(array)
             digests.append(digest)
         if skipped:
-            log.warning("Skipped %d of %d image(s) (data.on_bad_image=skip): %s, e.g. %s", len(skipped),
-                        len(paths), dict(self.skip_reasons), [str(paths[i]) for i in skipped[:3]])
+            log.warning(
+                "Skipped %d of %d image(s) (data.on_bad_image=skip): %s, e.g. %s",
+                len(skipped),
+                len(paths),
+                dict(self.skip_reasons),
+                [str(paths[i]) for i in skipped[:3]],
+            )
         stack = np.stack(arrays) if arrays else np.zeros((0, self.size, self.size), np.uint8)
         return stack, digests, skipped

@@ -25,28 +25,44 @@ def read_mask_manifest(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     csv = root / "metadata.csv"
     if not csv.is_file():
-        raise UserError(f"{csv} does not exist. A mask set is a folder with metadata.csv (image,mask); "
-                        "set data.root or COVIDSEG_DATA_DIR.")
+        raise UserError(
+            f"{csv} does not exist. A mask set is a folder with metadata.csv (image,mask); "
+            "set data.root or COVIDSEG_DATA_DIR."
+        )
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     missing = [c for c in ("image", "mask") if c not in table.columns]
     if missing:
-        raise UserError(f"{csv} lacks column(s) {missing}; it has {list(table.columns)}. Add image,mask columns.")
+        raise UserError(
+            f"{csv} lacks column(s) {missing}; it has {list(table.columns)}. Add image,mask columns."
+        )
     table["image_file"] = [str(root / p) for p in table["image"]]
     table["mask_file"] = [str(root / p) for p in table["mask"]]
     absent = [p for p in [*table["image_file"], *table["mask_file"]] if not Path(p).is_file()]
     if absent:
-        raise UserError(f"{len(absent)} file(s) listed in {csv} do not exist, e.g. {absent[:3]}. Fix the paths.")
+        raise UserError(
+            f"{len(absent)} file(s) listed in {csv} do not exist, e.g. {absent[:3]}. Fix the paths."
+        )
     return table
-
 
 
 class LungMaskDataModule(ArrayDataModule):
     """Image/mask pairs (one patient per image), split train/val/test deterministically by seed."""
 
-    def __init__(self, root: str, image_size: int = 256, batch_size: int = 8, num_workers: int = 0,
-                 split_ratios: Mapping[str, float] | None = None, seed: int = 0, limit: int | None = None,
-                 augment: Mapping[str, Any] | None = None, mean: float = 0.5, std: float = 0.25,
-                 cache_dir: str | None = None, evaluate_all: bool = False):
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        split_ratios: Mapping[str, float] | None = None,
+        seed: int = 0,
+        limit: int | None = None,
+        augment: Mapping[str, Any] | None = None,
+        mean: float = 0.5,
+        std: float = 0.25,
+        cache_dir: str | None = None,
+        evaluate_all: bool = False,
+    ):
         super().__init__(batch_size, num_workers)
         self.root = Path(root)
         self.image_size = int(image_size)
@@ -68,16 +84,19 @@ class LungMaskDataModule(ArrayDataModule):
         if self.evaluate_all:
             table["split"] = "test"
         else:
-            table["split"] = split_by_patient(table.assign(patient_id=table["image"], label="lung"),
-                                              self.split_ratios, self.seed)
+            table["split"] = split_by_patient(
+                table.assign(patient_id=table["image"], label="lung"), self.split_ratios, self.seed
+            )
         cache = ImageCache(self.cache_dir, self.image_size)
         images, _, _ = cache.load_many(list(table["image_file"]))
         masks, _, _ = cache.load_many(list(table["mask_file"]))
         peaks = masks.reshape(len(masks), -1).max(axis=1)
         if (peaks == 0).any():
             empty = list(table["mask"][peaks == 0][:3])
-            raise UserError(f"{int((peaks == 0).sum())} mask(s) in {self.root} are empty (all 0), e.g. {empty}. "
-                            "Masks must mark lung pixels with a non-zero value; fix or remove those rows.")
+            raise UserError(
+                f"{int((peaks == 0).sum())} mask(s) in {self.root} are empty (all 0), e.g. {empty}. "
+                "Masks must mark lung pixels with a non-zero value; fix or remove those rows."
+            )
         # 0/1 and 0/255 masks both work: threshold at half of each mask's own maximum.
         masks = (masks > peaks[:, None, None] / 2).astype(np.uint8)
         self.table = table

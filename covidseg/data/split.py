@@ -48,8 +48,9 @@ def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int
     return table["patient_id"].map(assignment).rename("split")
 
 
-def _give_every_split_a_patient(patients: list[str], assignment: dict[str, str], sizes: pd.Series,
-                                shares: Mapping[str, float]) -> None:
+def _give_every_split_a_patient(
+    patients: list[str], assignment: dict[str, str], sizes: pd.Series, shares: Mapping[str, float]
+) -> None:
     """Small classes: the deficit rule can leave val (10%) without any patient of a label with 3 patients."""
     wanted = [s for s in SPLITS if shares[s] > 0]
     if len(patients) < len(wanted):
@@ -66,7 +67,9 @@ def _give_every_split_a_patient(patients: list[str], assignment: dict[str, str],
 def _normalised(ratios: Mapping[str, float]) -> dict[str, float]:
     unknown = set(ratios) - set(SPLITS)
     if unknown or any(float(ratios.get(s, 0)) < 0 for s in SPLITS) or sum(ratios.values()) <= 0:
-        raise UserError(f"data.split_ratios must give non-negative train/val/test shares, got {dict(ratios)}.")
+        raise UserError(
+            f"data.split_ratios must give non-negative train/val/test shares, got {dict(ratios)}."
+        )
     total = float(sum(ratios.values()))
     return {s: float(ratios.get(s, 0)) / total for s in SPLITS}
 
@@ -76,7 +79,9 @@ def check_no_leakage(table: pd.DataFrame) -> None:
     spans = table.groupby("patient_id")["split"].nunique()
     leaked = spans[spans > 1]
     if len(leaked):
-        examples = {p: sorted(table.loc[table["patient_id"] == p, "split"].unique()) for p in leaked.index[:3]}
+        examples = {
+            p: sorted(table.loc[table["patient_id"] == p, "split"].unique()) for p in leaked.index[:3]
+        }
         raise UserError(
             f"Patient leakage: {len(leaked)} patient(s) appear in more than one split, e.g. {examples}. "
             "Images of one patient must all be in the same split; fix the split file or let covidseg split."
@@ -94,11 +99,15 @@ def check_classes_in_splits(table: pd.DataFrame, classes: Sequence[str], fix: st
     gaps = {c: splits for c, splits in gaps.items() if splits}
     if not gaps:
         return
-    found = "; ".join(f"class '{c}' has {int(patients.get(c, 0))} patient(s) and no image in "
-                      f"{'/'.join(splits)}" for c, splits in gaps.items())
+    found = "; ".join(
+        f"class '{c}' has {int(patients.get(c, 0))} patient(s) and no image in {'/'.join(splits)}"
+        for c, splits in gaps.items()
+    )
     per_class = ", ".join(f"{c}: {int(patients.get(c, 0))}" for c in classes)
-    raise UserError(f"Every class needs images in train, val and test, but {found} "
-                    f"(patients per class: {per_class}). {fix}")
+    raise UserError(
+        f"Every class needs images in train, val and test, but {found} "
+        f"(patients per class: {per_class}). {fix}"
+    )
 
 
 def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
@@ -108,7 +117,9 @@ def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Split file {path} does not exist. Give data.split_file=<csv with path,split> or null.")
+        raise UserError(
+            f"Split file {path} does not exist. Give data.split_file=<csv with path,split> or null."
+        )
     given = pd.read_csv(path, dtype=str, keep_default_na=False)
     if not {"path", "split"} <= set(given.columns):
         raise UserError(f"{path} needs columns path,split; it has {list(given.columns)}.")
@@ -120,12 +131,18 @@ def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
         raise UserError(f"{path}: path(s) listed twice, e.g. {list(duplicated[:3])}. List each image once.")
     mapping = dict(zip(given["path"], given["split"]))
     if not set(mapping) & set(table["path"]):
-        raise UserError(f"{path} lists none of the images of the dataset (e.g. {list(table['path'][:2])}); "
-                        "its paths must be written as in the dataset's metadata.csv.")
+        raise UserError(
+            f"{path} lists none of the images of the dataset (e.g. {list(table['path'][:2])}); "
+            "its paths must be written as in the dataset's metadata.csv."
+        )
     unlisted = [p for p in table["path"] if p not in mapping]
     if unlisted:
-        log.warning("%s gives no split for %d image(s) of the dataset (not used), e.g. %s",
-                    path, len(unlisted), unlisted[:3])
+        log.warning(
+            "%s gives no split for %d image(s) of the dataset (not used), e.g. %s",
+            path,
+            len(unlisted),
+            unlisted[:3],
+        )
     return table["path"].map(mapping).fillna("unused").rename("split")
 
 

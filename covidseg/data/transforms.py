@@ -14,16 +14,25 @@ from torchvision.transforms import v2
 MASK_MODES = ("segmented", "lungs_removed")
 
 
-def build_augmentation(rotation: float = 0.0, translate: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
-                       brightness: float = 0.0, contrast: float = 0.0, hflip: bool = False) -> v2.Transform | None:
+def build_augmentation(
+    rotation: float = 0.0,
+    translate: float = 0.0,
+    scale: Sequence[float] = (1.0, 1.0),
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    hflip: bool = False,
+) -> v2.Transform | None:
     """Light geometric + intensity augmentation. No horizontal flip unless asked: laterality matters.
 
     torchvision v2 applies one draw of the random parameters to an image and its tv_tensors.Mask alike.
     """
     steps: list[v2.Transform] = []
     if rotation or translate or tuple(scale) != (1.0, 1.0):
-        steps.append(v2.RandomAffine(degrees=rotation, translate=(translate, translate) if translate else None,
-                                     scale=tuple(scale)))
+        steps.append(
+            v2.RandomAffine(
+                degrees=rotation, translate=(translate, translate) if translate else None, scale=tuple(scale)
+            )
+        )
     if brightness or contrast:
         steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
     if hflip:
@@ -51,9 +60,13 @@ def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if not len(rows):
         return 0, h, 0, w
-    pad_y, pad_x = int(round(margin * h)), int(round(margin * w))
-    return (max(0, rows[0] - pad_y), min(h, rows[-1] + 1 + pad_y),
-            max(0, cols[0] - pad_x), min(w, cols[-1] + 1 + pad_x))
+    pad_y, pad_x = round(margin * h), round(margin * w)
+    return (
+        max(0, rows[0] - pad_y),
+        min(h, rows[-1] + 1 + pad_y),
+        max(0, cols[0] - pad_x),
+        min(w, cols[-1] + 1 + pad_x),
+    )
 
 
 def crop_to_box(array: np.ndarray, mask: np.ndarray, margin: float) -> np.ndarray:
@@ -62,8 +75,15 @@ def crop_to_box(array: np.ndarray, mask: np.ndarray, margin: float) -> np.ndarra
     return array[top:bottom, left:right]
 
 
-def apply_masks(images: np.ndarray, masks: np.ndarray, mode: str, crop_to_lungs: bool = False,
-                crop_margin: float = 0.05, background: int = 0, out_size: int | None = None) -> np.ndarray:
+def apply_masks(
+    images: np.ndarray,
+    masks: np.ndarray,
+    mode: str,
+    crop_to_lungs: bool = False,
+    crop_margin: float = 0.05,
+    background: int = 0,
+    out_size: int | None = None,
+) -> np.ndarray:
     """segmented = image inside the lungs, `background` outside; lungs_removed = the complement.
 
     With crop_to_lungs, each image is cropped to its lung box (+ margin) and resized to `out_size`
@@ -76,10 +96,14 @@ def apply_masks(images: np.ndarray, masks: np.ndarray, mode: str, crop_to_lungs:
     size = out_size or images.shape[-1]
     if not crop_to_lungs:
         return out if size == images.shape[-1] else np.stack([resize_image(o, size) for o in out])
-    return np.stack([resize_image(crop_to_box(image, mask, crop_margin), size) for image, mask in zip(out, masks)])
+    return np.stack(
+        [resize_image(crop_to_box(image, mask, crop_margin), size) for image, mask in zip(out, masks)]
+    )
 
 
 def masks_as_seen(masks: np.ndarray, crop_to_lungs: bool, crop_margin: float, size: int) -> np.ndarray:
     """Lung masks in the classifier's frame: cropped like the images (crop_to_lungs) and resized to `size`."""
-    out = [resize_mask(crop_to_box(mask, mask, crop_margin) if crop_to_lungs else mask, size) for mask in masks]
+    out = [
+        resize_mask(crop_to_box(mask, mask, crop_margin) if crop_to_lungs else mask, size) for mask in masks
+    ]
     return np.stack(out) if out else np.zeros((0, size, size), np.uint8)

@@ -15,8 +15,13 @@ class BaseTask(L.LightningModule):
     The factories are not hyperparameters: a checkpoint rebuilds the network without them.
     """
 
-    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None, scheduler: Callable[..., Any] | None,
-                 scheduler_monitor: str, default_lr: float):
+    def __init__(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        scheduler: Callable[..., Any] | None,
+        scheduler_monitor: str,
+        default_lr: float,
+    ):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -30,5 +35,7 @@ class BaseTask(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         # monitor is only read by ReduceLROnPlateau-like schedulers; the others step once per epoch.
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
+        }

@@ -24,10 +24,7 @@ from torchmetrics.classification import (
 
 from covidseg.checkpoints import load_module
 from covidseg.errors import UserError
-from covidseg.metrics import METRIC_NAMES
 from covidseg.models.base import BaseTask
-
-
 
 
 def check_backbone(name: str) -> None:
@@ -41,7 +38,9 @@ def check_backbone(name: str) -> None:
 def create_backbone(name: str, pretrained: bool, num_outputs: int, in_chans: int, **kwargs: Any) -> nn.Module:
     """timm.create_model with a readable error for unknown names."""
     check_backbone(name)
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)
+    return timm.create_model(
+        name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs
+    )
 
 
 def metric_task(num_classes: int) -> dict[str, Any]:
@@ -56,14 +55,16 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     """
     task = metric_task(num_classes)
     kw = task if num_classes == 2 else {**task, "average": "macro"}
-    return MetricCollection({
-        "acc": Accuracy(**task, **({} if num_classes == 2 else {"average": "micro"})),
-        "precision": Precision(**kw),
-        "recall": Recall(**kw),
-        "specificity": Specificity(**kw),
-        "f1": F1Score(**kw),
-        "auroc": AUROC(**kw),
-    })
+    return MetricCollection(
+        {
+            "acc": Accuracy(**task, **({} if num_classes == 2 else {"average": "micro"})),
+            "precision": Precision(**kw),
+            "recall": Recall(**kw),
+            "specificity": Specificity(**kw),
+            "f1": F1Score(**kw),
+            "auroc": AUROC(**kw),
+        }
+    )
 
 
 class Classifier(BaseTask):
@@ -90,8 +91,9 @@ class Classifier(BaseTask):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.binary = self.num_classes == 2
-        self.net = create_backbone(backbone, pretrained, 1 if self.binary else self.num_classes, in_chans,
-                                   drop_rate=drop_rate)
+        self.net = create_backbone(
+            backbone, pretrained, 1 if self.binary else self.num_classes, in_chans, drop_rate=drop_rate
+        )
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.train_metrics = classification_metrics(self.num_classes).clone(prefix="train/")
@@ -115,19 +117,25 @@ class Classifier(BaseTask):
             pos_weight = None
             if self.class_weights is not None:
                 pos_weight = (self.class_weights[1] / self.class_weights[0]).reshape(1)
-            return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), target.float(), pos_weight=pos_weight)
+            return F.binary_cross_entropy_with_logits(
+                logits.float().squeeze(1), target.float(), pos_weight=pos_weight
+            )
         return F.cross_entropy(logits.float(), target, weight=self.class_weights)
 
     def _metric_input(self, probs: torch.Tensor) -> torch.Tensor:
         return probs[:, 1] if self.binary else probs
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection
+    ) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
         probs = self.probabilities(logits)
         metrics.update(self._metric_input(probs), y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y)
+        )
         if stage == "test":
             self.test_confusion.update(self._metric_input(probs), y)
             self.test_outputs.append((probs.detach().cpu(), y.detach().cpu()))
@@ -161,10 +169,17 @@ class Classifier(BaseTask):
 
     def test_results(self) -> dict[str, Any]:
         """The confusion matrix (rows = true class) and the per-image probabilities of the last test run."""
-        probs = torch.cat([p for p, _ in self.test_outputs]) if self.test_outputs else torch.zeros(0, self.num_classes)
-        targets = torch.cat([t for _, t in self.test_outputs]) if self.test_outputs else torch.zeros(0, dtype=torch.long)
+        probs = (
+            torch.cat([p for p, _ in self.test_outputs])
+            if self.test_outputs
+            else torch.zeros(0, self.num_classes)
+        )
+        targets = (
+            torch.cat([t for _, t in self.test_outputs])
+            if self.test_outputs
+            else torch.zeros(0, dtype=torch.long)
+        )
         return {"confusion": self.test_confusion.compute().cpu().tolist(), "probs": probs, "targets": targets}
-
 
 
 def load_classifier(ckpt_path: str | Path) -> Classifier:

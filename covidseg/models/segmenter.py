@@ -22,8 +22,13 @@ log = logging.getLogger(__name__)
 
 
 # -- post-processing and metrics --------------------------------------------------------------------
-def postprocess(prob: np.ndarray, threshold: float = 0.5, keep_components: int = 2, fill_holes: bool = True,
-                dilate_px: int = 0) -> np.ndarray:
+def postprocess(
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    keep_components: int = 2,
+    fill_holes: bool = True,
+    dilate_px: int = 0,
+) -> np.ndarray:
     """Binary lung mask from a probability map: threshold, keep the `keep_components` largest connected
     components (two lungs; 0 keeps all), fill holes (opacities inside a lung), then optionally dilate
     by `dilate_px` pixels so lung borders are not cut off when the mask is applied."""
@@ -44,7 +49,7 @@ def postprocess(prob: np.ndarray, threshold: float = 0.5, keep_components: int =
 
 
 def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
     return x * x + y * y <= radius * radius
 
 
@@ -63,7 +68,9 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 def create_segmentation_net(arch: str, encoder: str, encoder_weights: str | None) -> torch.nn.Module:
     """smp.create_model with one input channel and one output (lung logit); readable errors."""
     try:
-        return smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=1, classes=1)
+        return smp.create_model(
+            arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=1, classes=1
+        )
     except KeyError as err:
         # smp's KeyError text lists the valid names; say which option it is about.
         option = "segmenter.arch" if "architecture" in str(err) else "segmenter.encoder"
@@ -73,11 +80,20 @@ def create_segmentation_net(arch: str, encoder: str, encoder_weights: str | None
 class Segmenter(BaseTask):
     """Lung segmentation network trained with Dice + BCE; metrics are computed on post-processed masks."""
 
-    def __init__(self, arch: str = "Unet", encoder: str = "resnet18", encoder_weights: str | None = None,
-                 image_size: int = 256, mean: float = 0.5, std: float = 0.25,
-                 postprocess: Mapping[str, Any] | None = None, loss_weights: Mapping[str, float] | None = None,
-                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 scheduler: Callable[..., Any] | None = None, scheduler_monitor: str = "val/loss"):
+    def __init__(
+        self,
+        arch: str = "Unet",
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        image_size: int = 256,
+        mean: float = 0.5,
+        std: float = 0.25,
+        postprocess: Mapping[str, Any] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+    ):
         super().__init__(optimizer, scheduler, scheduler_monitor, default_lr=1e-3)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = create_segmentation_net(arch, encoder, encoder_weights)
@@ -90,8 +106,9 @@ class Segmenter(BaseTask):
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (self.loss_weights.get("dice", 0.0) * self.dice_loss(logits, mask)
-                + self.loss_weights.get("bce", 0.0) * F.binary_cross_entropy_with_logits(logits, mask))
+        return self.loss_weights.get("dice", 0.0) * self.dice_loss(logits, mask) + self.loss_weights.get(
+            "bce", 0.0
+        ) * F.binary_cross_entropy_with_logits(logits, mask)
 
     def predict_masks(self, x: torch.Tensor) -> np.ndarray:
         """Post-processed 0/1 masks (N, H, W) for a normalised batch."""
@@ -134,5 +151,9 @@ class Segmenter(BaseTask):
 
 
 def load_segmenter(ckpt_path: str | Path) -> Segmenter:
-    return load_module(Segmenter, ckpt_path, "Train a segmenter with `make segmenter` (or "
-                           "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.")
+    return load_module(
+        Segmenter,
+        ckpt_path,
+        "Train a segmenter with `make segmenter` (or "
+        "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.",
+    )

@@ -20,11 +20,18 @@ INPUT_ORDER = ["raw", "segmented", "lungs_removed"]
 def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
     """One row per job folder (a folder with .hydra/config.yaml): its settings, status and metrics."""
     rows = []
-    for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: _job_key(p.parents[1].name)):
+    for config_file in sorted(
+        sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: _job_key(p.parents[1].name)
+    ):
         job = config_file.parents[1]
         cfg = OmegaConf.load(config_file)
-        row: dict[str, Any] = {"job": job.name, "dir": str(job), "backbone": cfg.model.backbone,
-                               "input": cfg.data.input, "seed": int(cfg.seed)}
+        row: dict[str, Any] = {
+            "job": job.name,
+            "dir": str(job),
+            "backbone": cfg.model.backbone,
+            "input": cfg.data.input,
+            "seed": int(cfg.seed),
+        }
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
@@ -40,11 +47,16 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
         repeated = keys[keys.duplicated(keep=False)]
         if len(repeated):
             raise UserError(
-                f"{sweep_dir}: several jobs share backbone/input/seed ({repeated.drop_duplicates().to_dict('records')[:3]}); "
-                "the report compares backbones x input over seeds only. Sweep other settings in separate folders.")
+                f"{sweep_dir}: several jobs share backbone/input/seed "
+                f"({repeated.drop_duplicates().to_dict('records')[:3]}); "
+                "the report compares backbones x input over seeds only. Sweep other settings in "
+                "separate folders."
+            )
     if not rows:
-        raise UserError(f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
-                        "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>.")
+        raise UserError(
+            f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
+            "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>."
+        )
     return pd.DataFrame(rows)
 
 

@@ -46,7 +46,7 @@ def plot_curves(jobs: pd.DataFrame, out_dir: Path) -> list[str]:
                     if stacked.empty:
                         continue
                     mean, std = stacked.mean(axis=1), stacked.std(axis=1).fillna(0)
-                    line, = ax.plot(mean.index, mean, style, label=f"{input_} {split}")
+                    (line,) = ax.plot(mean.index, mean, style, label=f"{input_} {split}")
                     ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.15)
             ax.set_title(f"{backbone}: {label}", fontsize=9)
             ax.set_xlabel("epoch")
@@ -76,8 +76,12 @@ def plot_confusions(jobs: pd.DataFrame, out_dir: Path) -> None:
     ok = finished(jobs)
     rows = compared_groups(jobs)
     columns = min(4, len(rows))
-    fig, axes = plt.subplots(-(-len(rows) // columns), columns, figsize=(3 * columns, 2.9 * -(-len(rows) // columns)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        -(-len(rows) // columns),
+        columns,
+        figsize=(3 * columns, 2.9 * -(-len(rows) // columns)),
+        squeeze=False,
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (backbone, input_) in zip(axes.ravel(), rows):
@@ -88,7 +92,9 @@ def plot_confusions(jobs: pd.DataFrame, out_dir: Path) -> None:
         ax.axis("on")
         ax.imshow(matrix, cmap="Blues")
         for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
+            ax.text(
+                j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white"
+            )
         ax.set_xticks(range(len(classes)), classes, fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_xlabel("predicted", fontsize=7)

@@ -55,8 +55,9 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
     data["cache_dir"] = cache_dir or data["cache_dir"]
     # A raw-only sweep without a segmenter has no masks, hence no lung energy.
     masks = mask_source(cfg.segmenter, data["cache_dir"], data["input"], optional=True)
-    datamodule = CXRDataModule.from_record(data, split_file=str(job_dir / "splits.csv"), evaluate_on="test",
-                                           limit=None, masks=masks)
+    datamodule = CXRDataModule.from_record(
+        data, split_file=str(job_dir / "splits.csv"), evaluate_on="test", limit=None, masks=masks
+    )
     datamodule.setup("test")
     table = datamodule.table[datamodule.table["split"] == "test"]
     if datamodule.input == "raw":  # the unmasked images are the ones the model saw
@@ -88,7 +89,7 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     picks = np.linspace(0, len(test) - 1, num=n).round().astype(int)
     energies, areas = [], []
     for start in range(0, n, 16):
-        idx = picks[start:start + 16]
+        idx = picks[start : start + 16]
         x = torch.stack([test[i][0] for i in idx])
         # The predicted class is explained: where the model looked for the decision it made.
         cams = cam_maps(job.model.net, x, target_class=None, binary=job.model.binary)
@@ -98,7 +99,11 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
             areas.append(float(mask.mean()))
     values = [e for e in energies if not math.isnan(e)]
     # lung_area is what a CAM spread evenly over the image would score: the baseline to compare with.
-    result = {"lung_energy": float(np.mean(values)) if values else math.nan, "lung_area": float(np.mean(areas)),
-              "n_images": len(values), "max_images": max_images}
+    result = {
+        "lung_energy": float(np.mean(values)) if values else math.nan,
+        "lung_area": float(np.mean(areas)),
+        "n_images": len(values),
+        "max_images": max_images,
+    }
     cache.write_text(json.dumps(result))
     return result

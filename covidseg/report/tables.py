@@ -14,8 +14,10 @@ from covidseg.report.collect import compared_groups, finished, select_jobs
 from covidseg.stats import bootstrap_patient_difference, mean_ci, paired_difference
 
 # results.csv column and its name in the report: the classifier's test metrics, then lung energy.
-REPORT_METRICS = [*((f"test/{name}", DISPLAY_NAMES[name]) for name in METRIC_NAMES),
-                  ("lung_energy", "Lung energy")]
+REPORT_METRICS = [
+    *((f"test/{name}", DISPLAY_NAMES[name]) for name in METRIC_NAMES),
+    ("lung_energy", "Lung energy"),
+]
 # Patient-bootstrapped metrics (segmented - raw per seed); with more than two classes only accuracy.
 BOOTSTRAP_BINARY = ("f1", "recall", "auroc")
 BOOTSTRAP_MULTICLASS = ("acc",)
@@ -39,21 +41,27 @@ def summary_table(jobs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _interval_cell(s: Any) -> str:
+    if not isinstance(s, dict) or s["n"] == 0:
+        return "–"
+    if s["n"] == 1:
+        return _fmt(s["mean"])
+    return f"{_fmt(s['mean'])} ± {_fmt(s['std'])}<br>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+
+
 def markdown_summary(summary: pd.DataFrame) -> str:
-    header = "| Backbone | Input | Seeds | " + " | ".join(name for _, name in REPORT_METRICS) + " |"
-    lines = [header, "|" + "---|" * (3 + len(REPORT_METRICS))]
-    for _, r in summary.iterrows():
-        cells = []
-        for key, _ in REPORT_METRICS:
-            s = r.get(key)
-            if not isinstance(s, dict) or s["n"] == 0:
-                cells.append("–")
-            elif s["n"] == 1:
-                cells.append(_fmt(s["mean"]))
-            else:
-                cells.append(f"{_fmt(s['mean'])} ± {_fmt(s['std'])}<br>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]")
-        lines.append(f"| {r['backbone']} | {r['input']} | {r['seeds']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = ["Backbone", "Input", "Seeds", *(name for _, name in REPORT_METRICS)]
+    rows = [
+        [r["backbone"], r["input"], r["seeds"], *(_interval_cell(r.get(key)) for key, _ in REPORT_METRICS)]
+        for _, r in summary.iterrows()
+    ]
+    return markdown_table(header, rows)
 
 
 def paired_comparisons(jobs: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,29 +89,51 @@ def paired_comparisons(jobs: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, p
     return pd.DataFrame(across), pd.DataFrame(boot)
 
 
+def markdown_difference(
+    frame: pd.DataFrame,
+    ids: dict[str, str],
+    values: tuple[str, str, str],
+    labels: tuple[str, str, str],
+    extra: dict[str, str] | None = None,
+) -> str:
+    """A segmented - raw table: identifying columns, raw, segmented, the difference, its CI and p value.
+
+    ids/extra map headers to columns; values name the raw, segmented and difference columns; labels
+    are the headers of the difference, the CI and the p value."""
+    header = [*ids, "Raw", "Segmented", *labels, *(extra or {})]
+    rows = [
+        [
+            *(r[c] for c in ids.values()),
+            *(_fmt(r[c]) for c in values),
+            f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
+            _fmt(r["p_value"]),
+            *(r[c] for c in (extra or {}).values()),
+        ]
+        for _, r in frame.iterrows()
+    ]
+    return markdown_table(header, rows)
+
+
 def markdown_paired(across: pd.DataFrame) -> str:
-    lines = ["| Backbone | Metric | Seeds | Raw | Segmented | Δ (seg − raw) | 95 % CI | p (paired t) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for _, r in across.iterrows():
-        lines.append(f"| {r['backbone']} | {r['metric']} | {r['seeds']} | {_fmt(r['mean_a'])} | {_fmt(r['mean_b'])} | "
-                     f"{_fmt(r['mean_diff'])} | [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['p_value'])} |")
-    return "\n".join(lines)
+    ids = {"Backbone": "backbone", "Metric": "metric", "Seeds": "seeds"}
+    labels = ("Δ (seg − raw)", "95 % CI", "p (paired t)")
+    return markdown_difference(across, ids, ("mean_a", "mean_b", "mean_diff"), labels)
 
 
 def markdown_bootstrap(boot: pd.DataFrame) -> str:
-    lines = ["| Backbone | Seed | Metric | Raw | Segmented | Δ | 95 % CI (patients) | p (bootstrap) | Patients |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for _, r in boot.iterrows():
-        lines.append(f"| {r['backbone']} | {r['seed']} | {r['metric']} | {_fmt(r['metric_a'])} | {_fmt(r['metric_b'])} | "
-                     f"{_fmt(r['observed'])} | [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['p_value'])} | "
-                     f"{r['n_patients']} |")
-    return "\n".join(lines)
+    ids = {"Backbone": "backbone", "Seed": "seed", "Metric": "metric"}
+    labels = ("Δ", "95 % CI (patients)", "p (bootstrap)")
+    return markdown_difference(
+        boot, ids, ("metric_a", "metric_b", "observed"), labels, {"Patients": "n_patients"}
+    )
 
 
 def markdown_splits(jobs: pd.DataFrame) -> str:
     ok = finished(jobs)
-    columns = [c for c in ("n_train", "n_val", "n_test", "patients_train", "patients_val", "patients_test") if c in ok]
+    columns = [
+        c
+        for c in ("n_train", "n_val", "n_test", "patients_train", "patients_val", "patients_test")
+        if c in ok
+    ]
     sizes = ok.groupby("seed")[columns].first().astype(int)
-    lines = ["| Seed | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    lines += [f"| {seed} | " + " | ".join(str(v) for v in row) + " |" for seed, row in sizes.iterrows()]
-    return "\n".join(lines)
+    return markdown_table(["Seed", *columns], [[seed, *row] for seed, row in sizes.iterrows()])
