@@ -112,6 +112,26 @@ class CountingMaskSource(MaskSource):
         return super()._predict(files)
 
 
+class InterruptedMaskSource(MaskSource):
+    """Stage 1 killed after its first batch of predictions."""
+
+    def _predict(self, files):
+        if self.network_calls:
+            raise KeyboardInterrupt
+        return super()._predict(files)
+
+
+@pytest.mark.slow
+def test_masks_predicted_before_an_interruption_are_kept(tiny_segmenter, covid_cxr, tmp_path):
+    files = [str(covid_cxr / p) for p in pd.read_csv(covid_cxr / "metadata.csv")["path"].iloc[:6]]
+    ckpt = tiny_segmenter / "checkpoints" / "best.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        InterruptedMaskSource(ckpt, tmp_path / "cache", batch_size=4).masks_for(files)
+    resumed = MaskSource(ckpt, tmp_path / "cache", batch_size=4)
+    resumed.masks_for(files)
+    assert resumed.hits == 4 and resumed.misses == 2 and resumed.network_calls == 1
+
+
 @pytest.mark.slow
 def test_mask_cache_second_pass_runs_no_network_and_new_checkpoint_misses(
     tiny_segmenter, covid_cxr, tmp_path
