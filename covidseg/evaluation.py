@@ -9,19 +9,49 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.lung_masks import LungMaskDataModule
 from covidseg.errors import UserError
-from covidseg.masks import mask_source
+from covidseg.masks import MaskSource, mask_source
 from covidseg.metrics import METRIC_NAMES
 from covidseg.models.classifier import Classifier
 from covidseg.models.segmenter import Segmenter
 from covidseg.plots import overlay_grid
 
 log = logging.getLogger(__name__)
+
+
+# Manifest columns carried into predictions.csv when a data set has them (per-source breakdowns).
+CONTEXT_COLUMNS = ("source",)
+
+
+def test_split(
+    trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, ckpt_path: str | None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Test `model` (from ckpt_path if given) on the datamodule's test split.
+
+    Returns the metrics as {<metric>: value} (METRIC_NAMES, loss, confusion, n, n_patients) and one row
+    per tested image: path, label, patient_id, target, [source], prob_<class>...
+    """
+    scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    results = model.test_results()
+    table = datamodule.table
+    columns = ["path", "label", "patient_id", "target", *(c for c in CONTEXT_COLUMNS if c in table)]
+    rows = table[table["split"] == "test"][columns].reset_index(drop=True)
+    probs = results["probs"].numpy()
+    if len(probs) < len(rows):  # fast_dev_run / limit_test_batches: the loader is unshuffled, so a prefix
+        log.warning("Only %d of %d test images were tested (limited test batches)", len(probs), len(rows))
+        rows = rows.iloc[: len(probs)].copy()
+    for i, name in enumerate(model.class_names):
+        rows[f"prob_{name}"] = probs[:, i]
+    metrics: dict[str, Any] = {m: float(scores[f"test/{m}"]) for m in METRIC_NAMES}
+    metrics.update(loss=float(scores["test/loss"]), confusion=results["confusion"])
+    metrics.update(n=len(rows), n_patients=int(rows["patient_id"].nunique()))
+    return metrics, rows
 
 
 def test_and_write(
@@ -32,37 +62,64 @@ def test_and_write(
     ckpt_path: str | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Test `model` (from ckpt_path if given) on the datamodule's test split; write metrics.json and
-    predictions.csv (one row per test image: path, label, patient_id, target, prob_<class>...)."""
-    scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
-    results = model.test_results()
-    metrics: dict[str, Any] = {f"test/{m}": float(scores[f"test/{m}"]) for m in METRIC_NAMES}
-    metrics["test/loss"] = float(scores["test/loss"])
-    metrics["test/confusion"] = results["confusion"]
+    """Test on the datamodule's test split; write metrics.json (test/<metric>, the data's counts, `extra`)
+    and predictions.csv (one row per test image)."""
+    scores, rows = test_split(trainer, model, datamodule, ckpt_path)
+    metrics: dict[str, Any] = {f"test/{m}": scores[m] for m in (*METRIC_NAMES, "loss", "confusion")}
     metrics["classes"] = model.class_names
     metrics.update(datamodule.stats)
     metrics.update(extra)
-    table = datamodule.table
-    rows = table[table["split"] == "test"][["path", "label", "patient_id", "target"]].reset_index(drop=True)
-    probs = results["probs"].numpy()
-    if len(probs) < len(rows):  # fast_dev_run / limit_test_batches: the loader is unshuffled, so a prefix
-        log.warning("Only %d of %d test images were tested (limited test batches)", len(probs), len(rows))
-        rows = rows.iloc[: len(probs)].copy()
-    for i, name in enumerate(model.class_names):
-        rows[f"prob_{name}"] = probs[:, i]
     rows.to_csv(out_dir / "predictions.csv", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: str | None) -> CXRDataModule:
-    """The training run's preprocessing (size, normalisation, input mode) on the data asked for."""
+def test_external(
+    trainer: L.Trainer,
+    model: Classifier,
+    datamodule: CXRDataModule,
+    out_dir: Path,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
+    """Test on every image of each of `datamodule.external` (a training run's other-hospital sets), as
+    `covidseg-eval ckpt_path=<best.ckpt> data.root=<folder>` would; write predictions_<name>.csv and return
+    external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients) and `external_sets`."""
+    metrics: dict[str, Any] = {"external_sets": {f.name: str(f.resolve()) for f in datamodule.external}}
+    for folder in datamodule.external:
+        data = OmegaConf.create(
+            {
+                "root": str(folder),
+                "split_file": None,
+                "split": "all",
+                "batch_size": datamodule.batch_size,
+                "on_unknown_label": "drop",
+                "on_bad_image": datamodule.on_bad_image,
+                "cache_dir": str(datamodule.cache_dir),
+            }
+        )
+        external = evaluation_datamodule(model, data, masks=datamodule.masks)
+        external.setup("test")
+        scores, rows = test_split(trainer, model, external, ckpt_path)
+        rows.to_csv(out_dir / f"predictions_{folder.name}.csv", index=False)
+        metrics.update({f"external/{folder.name}/{k}": v for k, v in scores.items() if k != "loss"})
+        log.info("external %s: %s", folder.name, {k: round(scores[k], 4) for k in ("acc", "recall", "auroc")})
+    return metrics
+
+
+def evaluation_datamodule(
+    model: Classifier, data: DictConfig, segmenter_ckpt: str | None = None, masks: MaskSource | None = None
+) -> CXRDataModule:
+    """The training run's preprocessing (size, normalisation, input mode) on the data asked for.
+
+    Masks come from `masks` if given (a training run's own), else from the segmenter the classifier was
+    trained with (`segmenter_ckpt` overrides its path)."""
     trained = dict(model.hparams.data_config or {})
     if data.split != "all" and not data.split_file:
         raise UserError(f"data.split={data.split} needs data.split_file (e.g. <train run>/splits.csv).")
-    masks = mask_source(
-        trained.get("segmenter") or {}, data.cache_dir, trained.get("input", "raw"), segmenter_ckpt
-    )
+    if masks is None:
+        masks = mask_source(
+            trained.get("segmenter") or {}, data.cache_dir, trained.get("input", "raw"), segmenter_ckpt
+        )
     return CXRDataModule.from_record(
         trained,
         root=data.root or trained["root"],
@@ -75,6 +132,7 @@ def evaluation_datamodule(model: Classifier, data: DictConfig, segmenter_ckpt: s
         on_bad_image=data.on_bad_image,
         cache_dir=data.cache_dir,
         masks=masks,
+        external=(),
     )
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from covidseg.cli import RESOLVED_CONFIG, hydra_entry, in_multirun, run_dir
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.evaluation import test_and_write
+from covidseg.evaluation import test_and_write, test_external
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.training import fit_and_evaluate
@@ -71,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "group": group,
             "accelerator": type(trainer.accelerator).__name__,
         }
+        if datamodule.external:
+            extra.update(test_external(trainer, model, datamodule, out_dir, best))
         return test_and_write(trainer, model, datamodule, out_dir, best, extra)
 
     metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate)

@@ -46,6 +46,11 @@ def covid_cxr() -> Path:
 
 
 @pytest.fixture(scope="session")
+def external_actualmed() -> Path:
+    return real_dataset("external-actualmed")
+
+
+@pytest.fixture(scope="session")
 def lungs() -> Path:
     return real_dataset("lungs")
 

@@ -14,10 +14,16 @@ TINY = ["data.limit=60", "data.image_size=64", "data.batch_size=16", "trainer.ma
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, covid_cxr) -> Path:
+def tiny_run(tmp_path_factory, covid_cxr, external_actualmed) -> Path:
     run = tmp_path_factory.mktemp("tiny") / "run"
     run_cli(
-        "covidseg-train", *TINY, "model.backbone=resnet18", "logger=wandb", "seed=1", f"hydra.run.dir={run}"
+        "covidseg-train",
+        *TINY,
+        "model.backbone=resnet18",
+        "logger=wandb",
+        "seed=1",
+        f"data.external=[{external_actualmed}]",
+        f"hydra.run.dir={run}",
     )
     return run
 
@@ -74,6 +80,32 @@ def test_eval_on_the_checkpoint_agrees_with_the_test_metrics(tiny_run, tmp_path)
     a, b = pd.read_csv(tiny_run / "predictions.csv"), pd.read_csv(out / "predictions.csv")
     assert list(a["path"]) == list(b["path"])
     assert (a["prob_covid"] - b["prob_covid"]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_external_set_is_tested_in_the_run_and_covidseg_eval_reproduces_it(
+    tiny_run, external_actualmed, tmp_path
+):
+    metrics = read_metrics(tiny_run)
+    name = external_actualmed.name
+    assert metrics["external_sets"] == {name: str(external_actualmed.resolve())}
+    assert metrics[f"external/{name}/n"] == 44 and metrics[f"external/{name}/n_patients"] == 39
+    predictions = pd.read_csv(tiny_run / f"predictions_{name}.csv")
+    assert len(predictions) == 44 and set(predictions["source"]) == {"Actualmed (agchung)"}
+    out = tmp_path / "eval_external"
+    run_cli(
+        "covidseg-eval",
+        f"ckpt_path={tiny_run}/checkpoints/best.ckpt",
+        f"data.root={external_actualmed}",
+        f"hydra.run.dir={out}",
+    )
+    evaluated = read_metrics(out)
+    for key in CONTRACT_FLOATS:
+        assert evaluated[key] == pytest.approx(metrics[f"external/{name}/{key[5:]}"], abs=1e-6), key
+    assert evaluated["test/confusion"] == metrics[f"external/{name}/confusion"]
+    again = pd.read_csv(out / "predictions.csv")
+    assert list(again["path"]) == list(predictions["path"])
+    assert (again["prob_covid"] - predictions["prob_covid"]).abs().max() < 1e-5
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ class CXRDataModule(ArrayDataModule):
     """Chest X-ray classification data, raw or lung-masked, split by patient.
 
     `evaluate_on` is for evaluation runs: `all` puts every image into the test set (no split),
-    `train`/`val`/`test` keep only that split of `split_file`.
+    `train`/`val`/`test` keep only that split of `split_file`. `external` folders are checked at set-up
+    (before any training) so a typo does not cost a whole run.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class CXRDataModule(ArrayDataModule):
         crop_margin: float = 0.05,
         cache_dir: str | None = None,
         masks: Any = None,
+        external: Sequence[str] = (),
     ):
         super().__init__(batch_size, num_workers)
         if input not in INPUT_MODES:
@@ -95,9 +97,10 @@ class CXRDataModule(ArrayDataModule):
         self.crop_to_lungs = bool(crop_to_lungs)
         self.crop_margin = float(crop_margin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.masks = (
-            masks  # a covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw
-        )
+        # A covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw.
+        self.masks = masks
+        # Other hospitals' data sets, tested after training (covidseg.evaluation), never trained on.
+        self.external = [Path(f) for f in external or ()]
         self.table: pd.DataFrame | None = None
         self.stats: dict[str, Any] = {}
 
@@ -116,6 +119,8 @@ class CXRDataModule(ArrayDataModule):
         if self.table is not None:
             return
         table, manifest = load_manifest(self.root)
+        if not self.evaluate_on:
+            self._check_external(table)
         table, dropped = select_classes(
             table,
             self.classes,
@@ -174,6 +179,32 @@ class CXRDataModule(ArrayDataModule):
         if self.evaluate_on:  # keep only the asked-for split, evaluated as "test"
             splits = splits.where(splits == self.evaluate_on, "unused").replace(self.evaluate_on, "test")
         return splits
+
+    def _check_external(self, table: pd.DataFrame) -> None:
+        """Each data.external folder is a data set with at least one of our classes, is named uniquely
+        (its folder name names its metrics) and shares no image file with the training data."""
+        names: dict[str, Path] = {}
+        own_files = set(table["file"])
+        for i, folder in enumerate(self.external):
+            where = f"data.external[{i}] ({folder})"
+            if folder.name in names:
+                raise UserError(
+                    f"{where}: another external folder has the same name ({names[folder.name]}); results are "
+                    "keyed by folder name. Rename one of the folders."
+                )
+            names[folder.name] = folder
+            try:
+                external, _ = load_manifest(folder)
+                select_classes(external, self.classes, "drop", source=str(folder), require_all=False)
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
+            shared = own_files & set(external["file"])
+            if shared:
+                raise UserError(
+                    f"{where} shares {len(shared)} image file(s) with data.root {self.root}, e.g. "
+                    f"{sorted(shared)[:2]}: an external test set must not be training data. Remove it from "
+                    "data.external."
+                )
 
     @property
     def load_size(self) -> int:
