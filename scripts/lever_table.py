@@ -1,0 +1,105 @@
+"""The README's recipe and lever tables from the sweeps of scripts/levers.sh (each with its results.csv).
+
+    python scripts/lever_table.py OUT_DIR
+
+Prints Markdown: per recipe, internal test and external AUROC for every backbone x input (mean over
+seeds, [95 % patient-bootstrap interval pooled over seeds]) with the validation epochs that predicted a
+single class; then the levers on resnet18. Every number is read from the sweeps' own files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from covidseg.report.collect import collect_jobs, finished
+from covidseg.stats import pooled_patient_bootstrap
+
+LEVERS = [  # (sweep prefix, input, label)
+    ("recipe", "raw", "raw (baseline)"),
+    ("recipe", "segmented", "lung-segmented"),
+    ("recipe", "lungs_removed", "lungs removed (control)"),
+    ("clahe", "raw", "CLAHE"),
+    ("clahe", "segmented", "CLAHE + lung-segmented"),
+    ("crop", "segmented", "lung-segmented, cropped to the lungs"),
+    ("crop", "lungs_removed", "lungs removed, cropped to the lung box"),
+]
+
+
+def cell(jobs: pd.DataFrame, predictions: str, n_boot: int) -> str:
+    """AUROC mean over seeds [95 % patient bootstrap pooled over seeds] of the jobs' prediction files."""
+    frames = [pd.read_csv(Path(d) / predictions) for d in jobs["dir"] if (Path(d) / predictions).is_file()]
+    if not frames:
+        return "–"
+    result = pooled_patient_bootstrap(frames, "auroc", n_boot=n_boot, seed=0)
+    if math.isnan(result["estimate"]):
+        return "–"
+    return f"{result['estimate']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]"
+
+
+def external_file(jobs: pd.DataFrame) -> str | None:
+    names = sorted({c.split("/")[1] for c in jobs.columns if c.startswith("external/") and c.endswith("/auroc")})
+    return f"predictions_{names[0]}.csv" if names else None
+
+
+def sweep_jobs(out: Path, name: str) -> pd.DataFrame | None:
+    folder = out / name
+    return finished(collect_jobs(folder)) if folder.is_dir() else None
+
+
+def recipe_table(out: Path, recipes: list[str], n_boot: int) -> str:
+    lines = [
+        "| Recipe | Backbone | Input | Jobs | Internal test AUROC | External AUROC | Val. epochs with one class |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for recipe in recipes:
+        jobs = sweep_jobs(out, f"recipe_{recipe}")
+        if jobs is None:
+            continue
+        ext = external_file(jobs)
+        for (backbone, input_), group in jobs.groupby(["backbone", "input"], sort=False):
+            single = group.get("val/single_class_epochs", pd.Series(dtype=float))
+            epochs = int(group["epochs_run"].sum()) if "epochs_run" in group else "?"
+            lines.append(
+                f"| {recipe} | {backbone} | {input_} | {len(group)} | {cell(group, 'predictions.csv', n_boot)} | "
+                f"{cell(group, ext, n_boot) if ext else '–'} | {int(single.sum())} of {epochs} |"
+            )
+    return "\n".join(lines)
+
+
+def lever_table(out: Path, recipes: list[str], backbone: str, n_boot: int) -> str:
+    lines = ["| Recipe | Lever | Jobs | Internal test AUROC | External AUROC |", "|---|---|---|---|---|"]
+    for recipe in recipes:
+        for prefix, input_, label in LEVERS:
+            jobs = sweep_jobs(out, f"{prefix}_{recipe}")
+            if jobs is None:
+                continue
+            group = jobs[(jobs["backbone"] == backbone) & (jobs["input"] == input_)]
+            if group.empty:
+                continue
+            ext = external_file(group)
+            lines.append(
+                f"| {recipe} | {label} | {len(group)} | {cell(group, 'predictions.csv', n_boot)} | "
+                f"{cell(group, ext, n_boot) if ext else '–'} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the OUT_DIR given to scripts/levers.sh")
+    parser.add_argument("--recipes", nargs="+", default=["study", "stable"])
+    parser.add_argument("--backbone", default="resnet18", help="backbone of the lever table")
+    parser.add_argument("--n-boot", type=int, default=2000)
+    args = parser.parse_args()
+    print("## Recipes\n")
+    print(recipe_table(args.out, args.recipes, args.n_boot))
+    print(f"\n## Levers ({args.backbone})\n")
+    print(lever_table(args.out, args.recipes, args.backbone, args.n_boot))
+
+
+if __name__ == "__main__":
+    main()
