@@ -12,7 +12,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from covidseg.data.split import SPLITS
+from covidseg.data.intensity import check_clahe_clip, check_equalize_mode
+from covidseg.data.split import SPLITS, check_folds
 from covidseg.errors import UserError
 
 MIN_IMAGE_SIZE = 32  # the backbones downsample by 32; smaller inputs vanish before the classifier head
@@ -65,6 +66,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "data.limit": _limit,
     "trainer.max_epochs": _max_epochs,
     "model.optimizer.lr": _positive_number,
+    "data.equalize": check_equalize_mode,
+    "data.clahe_clip": check_clahe_clip,
 }
 
 
@@ -75,10 +78,25 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
             rule(key, value)
+    split_file = OmegaConf.select(cfg, "data.split_file", default=None)
+    folds = OmegaConf.select(cfg, "data.folds", default=None)
+    if folds is not None:
+        _check_cross_validation(folds, OmegaConf.select(cfg, "data.fold", default=0), split_file)
     ratios = OmegaConf.select(cfg, "data.split_ratios", default=_ABSENT)
     if ratios is not _ABSENT:
-        uses_ratios = not OmegaConf.select(cfg, "data.split_file", default=None)
-        _check_split_ratios(ratios, required=SPLITS if uses_ratios else ())
+        # With folds the test split is the fold; the ratios only carve val from the other folds.
+        required = () if split_file else ("train", "val") if folds is not None else SPLITS
+        _check_split_ratios(ratios, required=required)
+
+
+def _check_cross_validation(folds: Any, fold: Any, split_file: Any) -> None:
+    """data.folds/data.fold; whether K fits the data (patients per class) is checked when splitting."""
+    check_folds(folds, fold)
+    if split_file:
+        raise UserError(
+            f"data.folds={folds} and data.split_file={split_file} both define the test split; "
+            "set data.folds=null to use the file, or data.split_file=null for cross-validation."
+        )
 
 
 def _resolve_everything(cfg: DictConfig) -> None:

@@ -101,7 +101,8 @@ class MaskSource:
             return None  # damaged entry: predict again
 
     def _predict(self, files: Sequence[str]) -> list[np.ndarray]:
-        """Post-processed masks of one batch of image files."""
+        """Post-processed masks of one batch of image files (plain images: what the segmenter was trained
+        on, whatever data.equalize the classifier uses)."""
         images, _, _ = ImageCache(self.cache_dir, self.image_size).load_many(list(files))
         batch = torch.from_numpy(images).unsqueeze(1).float().div(255.0)
         self.network_calls += 1
@@ -169,12 +170,12 @@ class MaskSource:
 
 
 def images_and_masks(
-    source: MaskSource, table: pd.DataFrame, cache_dir: str | Path, size: int
+    source: MaskSource, datamodule: Any, rows: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unmasked uint8 images (from the decoded-image cache) and 0/1 lung masks of `table`'s rows
-    (columns `file`, `digest`) at `size`: what a segmented run masked, re-read instead of kept in memory."""
-    images, _, _ = ImageCache(cache_dir, size).load_many(list(table["file"]))
-    return images, source.masks_for(list(table["file"]), list(table["digest"]), size=size)
+    """The unmasked images of a data module's `rows` (as it decodes them) and their 0/1 lung masks, at its
+    load size: what a segmented run masked, re-read from the caches instead of kept in memory."""
+    masks = source.masks_for(list(rows["file"]), list(rows["digest"]), size=datamodule.load_size)
+    return datamodule.decoded_images(rows), masks
 
 
 def mask_source(

@@ -35,9 +35,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     datamodule.write_splits(out_dir / "splits.csv")
     if masks is not None:
-        images, lung_masks = images_and_masks(
-            masks, datamodule.table, datamodule.cache_dir, datamodule.load_size
-        )
+        images, lung_masks = images_and_masks(masks, datamodule, datamodule.table)
         masks.quality_report(datamodule.table, images, lung_masks, out_dir, seed=datamodule.seed)
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     data_config.pop("_target_")  # a plain record in the checkpoint, not something to instantiate

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidseg.report.collect import collect_jobs, finished
+from covidseg.report.tables import markdown_table
 from covidseg.stats import pooled_patient_bootstrap
 
 LEVERS = [  # (sweep prefix, input, label)
@@ -41,7 +42,9 @@ def cell(jobs: pd.DataFrame, predictions: str, n_boot: int) -> str:
 
 
 def external_file(jobs: pd.DataFrame) -> str | None:
-    names = sorted({c.split("/")[1] for c in jobs.columns if c.startswith("external/") and c.endswith("/auroc")})
+    names = sorted(
+        {c.split("/")[1] for c in jobs.columns if c.startswith("external/") and c.endswith("/auroc")}
+    )
     return f"predictions_{names[0]}.csv" if names else None
 
 
@@ -51,41 +54,58 @@ def sweep_jobs(out: Path, name: str) -> pd.DataFrame | None:
 
 
 def recipe_table(out: Path, recipes: list[str], n_boot: int) -> str:
-    lines = [
-        "| Recipe | Backbone | Input | Jobs | Internal test AUROC | External AUROC | Val. epochs with one class |",
-        "|---|---|---|---|---|---|---|",
+    header = [
+        "Recipe",
+        "Backbone",
+        "Input",
+        "Jobs",
+        "Internal test AUROC",
+        "External AUROC",
+        "Val. epochs with one class",
     ]
+    rows = []
     for recipe in recipes:
         jobs = sweep_jobs(out, f"recipe_{recipe}")
         if jobs is None:
             continue
         ext = external_file(jobs)
         for (backbone, input_), group in jobs.groupby(["backbone", "input"], sort=False):
-            single = group.get("val/single_class_epochs", pd.Series(dtype=float))
-            epochs = int(group["epochs_run"].sum()) if "epochs_run" in group else "?"
-            lines.append(
-                f"| {recipe} | {backbone} | {input_} | {len(group)} | {cell(group, 'predictions.csv', n_boot)} | "
-                f"{cell(group, ext, n_boot) if ext else '–'} | {int(single.sum())} of {epochs} |"
+            single = (
+                int(group["val/single_class_epochs"].sum()) if "val/single_class_epochs" in group else "?"
             )
-    return "\n".join(lines)
+            rows.append(
+                [
+                    recipe,
+                    backbone,
+                    input_,
+                    len(group),
+                    cell(group, "predictions.csv", n_boot),
+                    cell(group, ext, n_boot) if ext else "–",
+                    f"{single} of {int(group['epochs_run'].sum())}",
+                ]
+            )
+    return markdown_table(header, rows)
 
 
 def lever_table(out: Path, recipes: list[str], backbone: str, n_boot: int) -> str:
-    lines = ["| Recipe | Lever | Jobs | Internal test AUROC | External AUROC |", "|---|---|---|---|---|"]
+    rows = []
     for recipe in recipes:
         for prefix, input_, label in LEVERS:
             jobs = sweep_jobs(out, f"{prefix}_{recipe}")
-            if jobs is None:
-                continue
-            group = jobs[(jobs["backbone"] == backbone) & (jobs["input"] == input_)]
-            if group.empty:
+            group = None if jobs is None else jobs[(jobs["backbone"] == backbone) & (jobs["input"] == input_)]
+            if group is None or group.empty:
                 continue
             ext = external_file(group)
-            lines.append(
-                f"| {recipe} | {label} | {len(group)} | {cell(group, 'predictions.csv', n_boot)} | "
-                f"{cell(group, ext, n_boot) if ext else '–'} |"
+            rows.append(
+                [
+                    recipe,
+                    label,
+                    len(group),
+                    cell(group, "predictions.csv", n_boot),
+                    cell(group, ext, n_boot) if ext else "–",
+                ]
             )
-    return "\n".join(lines)
+    return markdown_table(["Recipe", "Lever", "Jobs", "Internal test AUROC", "External AUROC"], rows)
 
 
 def main() -> None:

@@ -19,13 +19,16 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.images import MIN_SIDE, ImageCache
+from covidseg.data.intensity import check_equalize
 from covidseg.data.manifest import load_manifest
 from covidseg.data.selection import select_classes, stratified_subset
 from covidseg.data.split import (
     DEFAULT_SPLIT_RATIOS,
     SPLITS,
     check_classes_in_splits,
+    check_folds,
     check_no_leakage,
+    fold_by_patient,
     read_split_file,
     split_by_patient,
     write_splits,
@@ -44,8 +47,12 @@ class CXRDataModule(ArrayDataModule):
     """Chest X-ray classification data, raw or lung-masked, split by patient.
 
     `evaluate_on` is for evaluation runs: `all` puts every image into the test set (no split),
-    `train`/`val`/`test` keep only that split of `split_file`. `external` folders are checked at set-up
-    (before any training) so a typo does not cost a whole run.
+    `train`/`val`/`test` keep only that split of `split_file`.
+    `folds`=K, `fold`=i: patient-level K-fold cross-validation, test = fold i (split.fold_by_patient);
+    ignored by evaluation runs and when `split_file` is given.
+    `equalize` (none | hist | clahe), `clahe_clip`: intensity standardisation of the decoded images
+    (covidseg.data.intensity), before lung masks are applied; the segmenter still gets plain images.
+    `external` folders are checked at set-up (before any training) so a typo does not cost a whole run.
     """
 
     def __init__(
@@ -59,6 +66,8 @@ class CXRDataModule(ArrayDataModule):
         seed: int = 0,
         split_ratios: Mapping[str, float] | None = None,
         split_file: str | None = None,
+        folds: int | None = None,
+        fold: int = 0,
         evaluate_on: str | None = None,
         on_unknown_label: str = "drop",
         on_bad_image: str = "error",
@@ -69,6 +78,8 @@ class CXRDataModule(ArrayDataModule):
         input: str = "raw",
         crop_to_lungs: bool = False,
         crop_margin: float = 0.05,
+        equalize: str = "none",
+        clahe_clip: float = 2.0,
         cache_dir: str | None = None,
         masks: Any = None,
         external: Sequence[str] = (),
@@ -87,6 +98,8 @@ class CXRDataModule(ArrayDataModule):
         self.seed = int(seed)
         self.split_ratios = dict(split_ratios or DEFAULT_SPLIT_RATIOS)
         self.split_file = split_file
+        check_folds(folds, fold)
+        self.folds, self.fold = folds, fold
         self.evaluate_on = evaluate_on
         self.on_unknown_label = on_unknown_label
         self.on_bad_image = on_bad_image
@@ -96,6 +109,8 @@ class CXRDataModule(ArrayDataModule):
         self.input = input
         self.crop_to_lungs = bool(crop_to_lungs)
         self.crop_margin = float(crop_margin)
+        check_equalize(equalize, clahe_clip)
+        self.equalize, self.clahe_clip = equalize, float(clahe_clip)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         # A covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw.
         self.masks = masks
@@ -133,7 +148,7 @@ class CXRDataModule(ArrayDataModule):
         table["split"] = self._assign_splits(table)
         unused = int((table["split"] == "unused").sum())
         table = table[table["split"] != "unused"].reset_index(drop=True)
-        cache = ImageCache(self.cache_dir, self.load_size, min_side=MIN_SIDE)
+        cache = self._image_cache()
         images, digests, skipped = cache.load_many(list(table["file"]), self.on_bad_image)
         skipped_paths = list(table["path"].iloc[skipped])
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
@@ -144,6 +159,8 @@ class CXRDataModule(ArrayDataModule):
         self.stats = {
             "dropped_labels": dropped,
             "split_ratios": None if self.evaluate_on else self.split_ratios,
+            "folds": self.folds if self.uses_folds else None,
+            "fold": self.fold if self.uses_folds else None,
             "skipped_images": skipped_paths,
             "n_skipped_images": len(skipped_paths),
             "n_unused_images": unused,
@@ -174,6 +191,8 @@ class CXRDataModule(ArrayDataModule):
             return pd.Series("test", index=table.index, name="split")
         if self.split_file:
             splits = read_split_file(self.split_file, table)
+        elif self.uses_folds:
+            splits = fold_by_patient(table, self.folds, self.fold, self.split_ratios, self.seed)
         else:
             splits = split_by_patient(table, self.split_ratios, self.seed)
         if self.evaluate_on:  # keep only the asked-for split, evaluated as "test"
@@ -207,6 +226,21 @@ class CXRDataModule(ArrayDataModule):
                 )
 
     @property
+    def uses_folds(self) -> bool:
+        """Whether this run's splits come from cross-validation folds (not for evaluation or split files)."""
+        return bool(self.folds) and not self.split_file and not self.evaluate_on
+
+    def _image_cache(self) -> ImageCache:
+        return ImageCache(
+            self.cache_dir, self.load_size, MIN_SIDE, equalize=self.equalize, clahe_clip=self.clahe_clip
+        )
+
+    def decoded_images(self, rows: pd.DataFrame) -> np.ndarray:
+        """The images of `rows` (table rows) as this data module decodes them (load size, equalized), before
+        any lung mask: re-read from the cache rather than kept in memory."""
+        return self._image_cache().load_many(list(rows["file"]))[0]
+
+    @property
     def load_size(self) -> int:
         """Size images are decoded at: twice the image size when cropping to the lungs enlarges the crop."""
         return self.image_size * 2 if self.crop_to_lungs and self.input != "raw" else self.image_size
@@ -216,6 +250,11 @@ class CXRDataModule(ArrayDataModule):
             return (
                 f"Fix {self.split_file} so that each split has images of every class, or set "
                 "data.split_file=null."
+            )
+        if self.uses_folds:
+            return (
+                f"Use fewer data.folds (now {self.folds}), more data or a larger data.limit "
+                f"(now {self.limit or 'null'}): each class needs patients in every fold and in train and val."
             )
         return (
             f"Use more data (more patients of that class), a larger data.limit (now {self.limit or 'null'}) "

@@ -7,7 +7,9 @@ square with area-averaging ("box") resampling.
 - 16/32-bit integer or float grayscale ('I;16', 'I', 'F') -> linearly rescaled from the image's own
   min..max to 0..255 (X-ray PNGs rarely use their full bit depth).
 
-The cache key is the SHA-1 of the file's bytes plus the size, so renamed or moved files still hit
+The cache key is the SHA-1 of the file's bytes plus the size and the intensity preprocessing
+(covidseg.data.intensity: plain images under `images/<size>/`, equalised ones under
+`images/<size>-<hist|clahe<clip>>/`, so the two never mix), so renamed or moved files still hit
 and edited files miss. Files are written to a temporary name and renamed, so concurrent runs never
 read half-written arrays. Deleting the cache folder only costs time.
 
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from covidseg.data import intensity
 from covidseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -129,15 +132,27 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
 
 
 class ImageCache:
-    """Decoded, resized uint8 images on disk under `root/images/<size>/`, keyed by file content.
+    """Decoded, resized uint8 images on disk under `root/images/<size>[-<preprocessing>]/`, keyed by
+    file content.
 
     min_side: smaller source images are refused (BadImage), also when an older run cached them.
+    equalize, clahe_clip: intensity standardisation applied after resizing (covidseg.data.intensity);
+    the default `none` gives the plain images (what the segmenter was trained on).
     """
 
-    def __init__(self, root: str | Path, size: int, min_side: int = 0):
-        self.folder = Path(root) / "images" / str(size)
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        min_side: int = 0,
+        equalize: str = "none",
+        clahe_clip: float = 2.0,
+    ):
+        tag = intensity.preprocessing_tag(equalize, clahe_clip)
+        self.folder = Path(root) / "images" / (f"{size}-{tag}" if tag else str(size))
         self.size = size
         self.min_side = min_side
+        self.equalize, self.clahe_clip = equalize, clahe_clip
         self.hits = 0
         self.misses = 0
         self.skip_reasons: Counter[str] = Counter()  # load_many in skip mode: {reason: count}
@@ -157,7 +172,8 @@ class ImageCache:
                     return array, digest
             except (OSError, ValueError):
                 pass  # a damaged cache entry is simply rebuilt
-        array = decode(path, self.size, self.min_side, data)
+        plain = decode(path, self.size, self.min_side, data)
+        array = intensity.equalize(plain, self.equalize, self.clahe_clip)
         atomic_save(cached, array)
         self.misses += 1
         return array, digest

@@ -1,4 +1,5 @@
-"""Patient-level, label-stratified train/val/test splits, and the leakage check every run passes."""
+"""Patient-level, label-stratified train/val/test splits (one split, or K cross-validation folds), and
+the leakage check every run passes."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int
     """
     shares = _normalised(ratios)
     rng = np.random.default_rng(seed)
-    per_patient = table.groupby("patient_id")["label"].agg(lambda s: s.value_counts().index[0])
+    per_patient = _patient_labels(table)
     sizes = table.groupby("patient_id").size()
     assignment: dict[str, str] = {}
     for label in sorted(per_patient.unique()):
@@ -46,6 +47,86 @@ def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int
             filled[split] += int(sizes[p])
         _give_every_split_a_patient(patients, assignment, sizes, shares)
     return table["patient_id"].map(assignment).rename("split")
+
+
+def _patient_labels(table: pd.DataFrame) -> pd.Series:
+    """Each patient's most frequent label: what splits and folds are stratified by."""
+    return table.groupby("patient_id")["label"].agg(lambda s: s.value_counts().index[0])
+
+
+def check_folds(folds: int | None, fold: int | None) -> None:
+    """data.folds (null, or K >= 2) and data.fold (0..K-1); covidseg.config_checks runs this on configs."""
+    if folds is None:
+        return
+    if not _is_int(folds) or folds < 2:
+        raise UserError(
+            f"data.folds must be null (one train/val/test split) or an integer >= 2, got {folds!r}. "
+            "Set e.g. data.folds=5."
+        )
+    if not _is_int(fold) or not 0 <= fold < folds:
+        raise UserError(
+            f"data.fold must be an integer in 0..{folds - 1} with data.folds={folds}, got {fold!r}. "
+            f"Set e.g. data.fold=0 (sweep data.fold={','.join(map(str, range(folds)))})."
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> pd.Series:
+    """Fold index (0..folds-1) of every row: patients dealt into `folds` folds, stratified by label.
+
+    Within each label, patients are shuffled with `seed` and dealt, largest image count first, to the
+    fold holding fewest images of that label so far, so every fold gets a patient of each label while
+    it has enough patients, and image counts stay close. Deterministic for a given table and seed.
+    A label with fewer patients than folds is refused: some test fold would lack that class.
+    """
+    check_folds(folds, 0)
+    rng = np.random.default_rng(seed)
+    per_patient = _patient_labels(table)
+    sizes = table.groupby("patient_id").size()
+    counts = per_patient.value_counts()
+    if counts.min() < folds:
+        label = counts.idxmin()
+        raise UserError(
+            f"data.folds={folds} needs at least {folds} patients of every class, but class '{label}' has "
+            f"{int(counts.min())}. Set data.folds <= {int(counts.min())}, or use more data (data.limit)."
+        )
+    assignment: dict[str, int] = {}
+    for label in sorted(per_patient.unique()):
+        patients = np.array(sorted(per_patient.index[per_patient == label]))
+        rng.shuffle(patients)
+        patients = sorted(patients, key=lambda p: -int(sizes[p]))  # stable: ties keep the shuffled order
+        order = rng.permutation(folds)  # which fold wins a tie, so fold 0 is not always the fullest
+        filled = np.zeros(folds, dtype=int)
+        for p in patients:
+            fold = int(min(order, key=lambda f: filled[f]))
+            assignment[p] = fold
+            filled[fold] += int(sizes[p])
+    return table["patient_id"].map(assignment).rename("fold")
+
+
+def fold_by_patient(
+    table: pd.DataFrame, folds: int, fold: int, ratios: Mapping[str, float], seed: int
+) -> pd.Series:
+    """train/val/test of cross-validation fold `fold` of `folds` (assign_folds with `seed`).
+
+    test = that fold; val = patients of the other folds, stratified by label, for a share of their
+    images of val / (train + val) of `ratios` (ratios' test share is not used); train = the rest.
+    """
+    check_folds(folds, fold)
+    shares = _normalised(ratios)
+    if shares["train"] <= 0 or shares["val"] <= 0:
+        raise UserError(
+            f"data.split_ratios needs train and val shares > 0 with data.folds, got {dict(ratios)}."
+        )
+    in_test = (assign_folds(table, folds, seed) == fold).to_numpy()
+    rest = table[~in_test]
+    splits = pd.Series("test", index=table.index, name="split")
+    inner = {"train": shares["train"], "val": shares["val"], "test": 0.0}
+    splits.loc[rest.index] = split_by_patient(rest, inner, seed)
+    return splits
 
 
 def _give_every_split_a_patient(

@@ -67,7 +67,7 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
         # masks are still needed to measure where the CAM looks
         lungs = masks.masks_for(list(table["file"]), list(table["digest"]), size=datamodule.image_size)
         return JobTestData(model, datamodule, unmasked, lungs, lungs)
-    unmasked, lungs = images_and_masks(masks, table, datamodule.cache_dir, datamodule.load_size)
+    unmasked, lungs = images_and_masks(masks, datamodule, table)
     seen = masks_as_seen(lungs, datamodule.crop_to_lungs, datamodule.crop_margin, datamodule.image_size)
     return JobTestData(model, datamodule, unmasked, lungs, seen)
 
