@@ -105,8 +105,11 @@ def read_checkpoint(path: str | Path, missing_hint: str) -> dict[str, Any]:
     return _read(Path(path), missing_hint, "checkpoint")
 
 
-def load_module(module_class: type[Module], path: str | Path, missing_hint: str) -> Module:
-    """`module_class.load_from_checkpoint` on CPU, loaded safely, with errors that say what is wrong."""
+def load_module(module_class: type[Module], path: str | Path, missing_hint: str, **overrides: Any) -> Module:
+    """`module_class.load_from_checkpoint` on CPU, loaded safely, with errors that say what is wrong.
+
+    `overrides` replace saved hyperparameters (e.g. switch off reading the starting weights again).
+    """
     path = Path(path)
     kind = f"{module_class.__name__} checkpoint"
     # Read once ourselves first (about a tenth of the module's load time): a file that is not a Lightning
@@ -119,5 +122,5 @@ def load_module(module_class: type[Module], path: str | Path, missing_hint: str)
         # `_instantiator=None` overrides any "_instantiator" a tampered checkpoint's hyper_parameters name:
         # Lightning would import and call it to build the module. covidseg never writes one.
         return module_class.load_from_checkpoint(
-            path, map_location="cpu", weights_only=True, _instantiator=None
+            path, map_location="cpu", weights_only=True, **overrides, _instantiator=None
         )

@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "image_size": int(cfg.data.image_size),
             "group": group,
             "accelerator": type(trainer.accelerator).__name__,
+            "recipe": cfg.recipe_name,
+            "val/single_class_epochs": model.single_class_epochs,
         }
         if datamodule.external:
             extra.update(test_external(trainer, model, datamodule, out_dir, best))

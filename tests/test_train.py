@@ -45,6 +45,7 @@ def test_tiny_training_meets_the_run_directory_contract(tiny_run):
     confusion = metrics["test/confusion"]
     assert len(confusion) == 2 and sum(map(sum, confusion)) == metrics["n_test"]
     assert metrics["backbone"] == "resnet18" and metrics["input"] == "raw" and metrics["seed"] == 1
+    assert metrics["recipe"] == "study" and metrics["val/single_class_epochs"] in (0, 1, 2)
     assert metrics["n_train"] > metrics["n_test"] > metrics["n_val"] > 0
     assert 0 <= metrics["best_epoch"] < 2 and metrics["train_seconds"] > 0
     assert metrics["dropped_labels"] == {"pneumonia": 500}

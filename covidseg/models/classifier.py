@@ -24,7 +24,9 @@ from torchmetrics.classification import (
 
 from covidseg.checkpoints import load_module
 from covidseg.errors import UserError
+from covidseg.metrics import predicted_positive
 from covidseg.models.base import BaseTask
+from covidseg.models.pretrained import check_overlap, read_weights, weights_path
 
 
 def check_backbone(name: str) -> None:
@@ -35,12 +37,48 @@ def check_backbone(name: str) -> None:
         raise UserError(f"model.backbone={name!r} is not a timm model.{hint}")
 
 
-def create_backbone(name: str, pretrained: bool, num_outputs: int, in_chans: int, **kwargs: Any) -> nn.Module:
-    """timm.create_model with a readable error for unknown names."""
+def create_backbone(
+    name: str,
+    pretrained: bool,
+    num_outputs: int,
+    in_chans: int,
+    pretrained_file: str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """timm.create_model with a readable error for unknown names.
+
+    `pretrained_file` (model.pretrained_file): start from the weights in that local file instead of timm's
+    download (timm's `pretrained_cfg_overlay=dict(file=...)`); timm adapts the first convolution to
+    `in_chans` and drops the file's classification head when the number of outputs differs.
+    """
     check_backbone(name)
-    return timm.create_model(
-        name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs
-    )
+    if pretrained_file is None:
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs
+        )
+    option = "model.pretrained_file"
+    # Read once here too: timm loads it without checking that any name matches (strict=False once the
+    # head is dropped), so weights of another architecture would silently leave the network random.
+    state = read_weights(pretrained_file, option)
+    try:
+        net = timm.create_model(
+            name,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(weights_path(pretrained_file, option))},
+            num_classes=num_outputs,
+            in_chans=in_chans,
+            **kwargs,
+        )
+    except RuntimeError as err:  # e.g. size mismatches from load_state_dict
+        message = " ".join(str(err).split())[:300]
+        raise UserError(
+            f"{option}={pretrained_file} does not fit model.backbone={name} ({message}). "
+            "Give weights of the same architecture."
+        ) from err
+    heads = net.pretrained_cfg.get("classifier") or ()
+    heads = [heads] if isinstance(heads, str) else heads
+    check_overlap(net.state_dict(), state, option, ignore=[f"{h}." for h in heads])
+    return net
 
 
 def metric_task(num_classes: int) -> dict[str, Any]:
@@ -84,15 +122,22 @@ class Classifier(BaseTask):
         scheduler_monitor: str = "val/loss",
         class_weights: Sequence[float] | None = None,
         data_config: Mapping[str, Any] | None = None,
+        scheduler_interval: str = "epoch",
+        pretrained_file: str | None = None,
     ):
-        super().__init__(optimizer, scheduler, scheduler_monitor, default_lr=0.002)
+        super().__init__(optimizer, scheduler, scheduler_monitor, 0.002, scheduler_interval)
         # The optimizer/scheduler factories are not needed to rebuild the model from a checkpoint.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.binary = self.num_classes == 2
         self.net = create_backbone(
-            backbone, pretrained, 1 if self.binary else self.num_classes, in_chans, drop_rate=drop_rate
+            backbone,
+            pretrained,
+            1 if self.binary else self.num_classes,
+            in_chans,
+            pretrained_file=pretrained_file,
+            drop_rate=drop_rate,
         )
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -101,6 +146,10 @@ class Classifier(BaseTask):
         self.test_metrics = classification_metrics(self.num_classes).clone(prefix="test/")
         self.test_confusion = ConfusionMatrix(**metric_task(self.num_classes))
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # How often each class was predicted in the current validation epoch, and the epochs (sanity check
+        # excluded) in which every validation image got the same class: a collapsed model.
+        self.val_predicted = torch.zeros(self.num_classes, dtype=torch.long)
+        self.single_class_epochs = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -136,6 +185,8 @@ class Classifier(BaseTask):
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y)
         )
+        if stage == "val":
+            self.val_predicted += predicted_counts(probs.detach(), self.num_classes)
         if stage == "test":
             self.test_confusion.update(self._metric_input(probs), y)
             self.test_outputs.append((probs.detach().cpu(), y.detach().cpu()))
@@ -161,8 +212,18 @@ class Classifier(BaseTask):
     def on_train_epoch_end(self) -> None:
         self._log_epoch(self.train_metrics)
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_predicted = torch.zeros(self.num_classes, dtype=torch.long)
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(self.val_metrics)
+        # Every process predicts its share of the validation images; the classes seen are the union.
+        counts = self.all_gather(self.val_predicted.to(self.device)).reshape(-1, self.num_classes).sum(0)
+        if self.trainer.sanity_checking or counts.sum() == 0:
+            return
+        single = int((counts > 0).sum() == 1)
+        self.single_class_epochs += single
+        self.log("val/single_class", float(single))
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_metrics)
@@ -182,6 +243,27 @@ class Classifier(BaseTask):
         return {"confusion": self.test_confusion.compute().cpu().tolist(), "probs": probs, "targets": targets}
 
 
+def predicted_counts(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many of the images (rows of class probabilities) are predicted as each class: the positive
+    class by covidseg.metrics' threshold rule for two classes, the most probable one for more."""
+    if num_classes == 2:
+        positive = torch.from_numpy(predicted_positive(probs[:, 1].float().cpu().numpy()))
+        predicted = positive.long()
+    else:
+        predicted = probs.argmax(dim=1).cpu()
+    return torch.bincount(predicted, minlength=num_classes)
+
+
 def load_classifier(ckpt_path: str | Path) -> Classifier:
-    """A trained Classifier from its checkpoint, on CPU; a missing or foreign file is a UserError."""
-    return load_module(Classifier, ckpt_path, "Give ckpt_path=<train run>/checkpoints/best.ckpt.")
+    """A trained Classifier from its checkpoint, on CPU; a missing or foreign file is a UserError.
+
+    The checkpoint holds the trained weights, so the starting weights (a download for pretrained=true,
+    model.pretrained_file) are not read again: evaluation works offline and after that file is gone.
+    """
+    return load_module(
+        Classifier,
+        ckpt_path,
+        "Give ckpt_path=<train run>/checkpoints/best.ckpt.",
+        pretrained=False,
+        pretrained_file=None,
+    )

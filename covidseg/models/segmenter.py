@@ -17,6 +17,7 @@ from scipy import ndimage
 from covidseg.checkpoints import load_module
 from covidseg.errors import UserError
 from covidseg.models.base import BaseTask
+from covidseg.models.pretrained import load_encoder_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,30 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 # -- model ----------------------------------------------------------------------------------------
-def create_segmentation_net(arch: str, encoder: str, encoder_weights: str | None) -> torch.nn.Module:
-    """smp.create_model with one input channel and one output (lung logit); readable errors."""
+def create_segmentation_net(
+    arch: str, encoder: str, encoder_weights: str | None, encoder_weights_file: str | None = None
+) -> torch.nn.Module:
+    """smp.create_model with one input channel and one output (lung logit); readable errors.
+
+    `encoder_weights_file` (segmenter.encoder_weights_file): the encoder starts from the weights in that
+    local file (e.g. an ImageNet resnet18 saved from timm or torchvision) instead of smp's download.
+    """
+    if encoder_weights_file is not None and encoder_weights is not None:
+        raise UserError(
+            f"segmenter.encoder_weights={encoder_weights} and segmenter.encoder_weights_file both set; "
+            "set segmenter.encoder_weights=null to start from the file."
+        )
     try:
-        return smp.create_model(
+        net = smp.create_model(
             arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=1, classes=1
         )
     except KeyError as err:
         # smp's KeyError text lists the valid names; say which option it is about.
         option = "segmenter.arch" if "architecture" in str(err) else "segmenter.encoder"
         raise UserError(f"{option}: {err.args[0]} (timm encoders work as 'tu-<timm name>').") from err
+    if encoder_weights_file is not None:
+        load_encoder_weights(net.encoder, encoder_weights_file, "segmenter.encoder_weights_file")
+    return net
 
 
 class Segmenter(BaseTask):
@@ -93,10 +108,12 @@ class Segmenter(BaseTask):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
+        scheduler_interval: str = "epoch",
+        encoder_weights_file: str | None = None,
     ):
-        super().__init__(optimizer, scheduler, scheduler_monitor, default_lr=1e-3)
+        super().__init__(optimizer, scheduler, scheduler_monitor, 1e-3, scheduler_interval)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = create_segmentation_net(arch, encoder, encoder_weights)
+        self.net = create_segmentation_net(arch, encoder, encoder_weights, encoder_weights_file)
         self.postprocess_settings = dict(postprocess or {})
         self.loss_weights = dict(loss_weights or {"dice": 1.0, "bce": 1.0})
         self.dice_loss = smp.losses.DiceLoss(mode="binary", from_logits=True)
@@ -151,9 +168,13 @@ class Segmenter(BaseTask):
 
 
 def load_segmenter(ckpt_path: str | Path) -> Segmenter:
+    """A trained Segmenter from its checkpoint, on CPU; the encoder's starting weights (download or
+    segmenter.encoder_weights_file) are not read again, the checkpoint holds the trained ones."""
     return load_module(
         Segmenter,
         ckpt_path,
         "Train a segmenter with `make segmenter` (or "
         "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.",
+        encoder_weights=None,
+        encoder_weights_file=None,
     )
