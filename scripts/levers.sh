@@ -6,7 +6,7 @@
 #
 # Needs a trained segmenter (`make segmenter`). On 2 CPU cores this is many hours (about 90 jobs of
 # 1-3 min); on a GPU machine run the jobs in parallel with
-#   LAUNCHER="hydra/launcher=parallel hydra.launcher.n_jobs=8" scripts/levers.sh OUT_DIR
+#   LAUNCHER="hydra/launcher=parallel hydra.launcher.n_jobs=2" PARALLEL_SWEEPS=1 scripts/levers.sh OUT_DIR
 # SMOKE=1 runs three tiny sweeps only, to check the pipeline end to end.
 set -uo pipefail
 out=${1:?usage: scripts/levers.sh OUT_DIR [overrides]}
@@ -19,19 +19,33 @@ if [[ -n ${SMOKE:-} ]]; then
 fi
 failed=0
 
-sweep() {  # sweep NAME OVERRIDES...: one multirun into OUT_DIR/NAME, then its report
+pids=()
+
+run_sweep() {  # run_sweep NAME OVERRIDES...: one multirun into OUT_DIR/NAME, then its report
   local name=$1
   shift
   echo "== $name: $*"
   # shellcheck disable=SC2086  # LAUNCHER holds several overrides
-  $PY -m covidseg.train -m "${common[@]}" $LAUNCHER "$@" hydra.sweep.dir="$out/$name" || failed=1
-  $PY -m covidseg.report "$out/$name" || failed=1
+  $PY -m covidseg.train -m "${common[@]}" $LAUNCHER "$@" hydra.sweep.dir="$out/$name"
+  local status=$?
+  $PY -m covidseg.report "$out/$name" && return $status
+}
+
+sweep() {  # PARALLEL_SWEEPS=1 (a many-core machine): all sweeps at once, each logging to OUT_DIR/NAME.log
+  if [[ -n ${PARALLEL_SWEEPS:-} ]]; then
+    mkdir -p "$out"
+    run_sweep "$@" > "$out/$1.log" 2>&1 &
+    pids+=($!)
+  else
+    run_sweep "$@" || failed=1
+  fi
 }
 
 if [[ -n ${SMOKE:-} ]]; then
   sweep recipe_study recipe=study model.backbone=resnet18 seed=0 data.input=raw,segmented
   sweep clahe_stable recipe=stable model.backbone=resnet18 seed=0 data.input=raw data.equalize=clahe
   sweep folds_stable recipe=stable model.backbone=resnet18 seed=0 data.input=raw data.folds=2 data.fold=0,1
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   $PY scripts/lever_table.py "$out" --recipes study stable | tee "$out/tables.md"
   exit $failed
 fi
@@ -48,5 +62,6 @@ for recipe in study stable; do
   sweep "crop_$recipe" recipe=$recipe model.backbone=resnet18 data.input=segmented,lungs_removed \
     data.crop_to_lungs=true
 done
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 $PY scripts/lever_table.py "$out" --recipes study stable stable_ema | tee "$out/tables.md"
 exit $failed
