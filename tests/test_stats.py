@@ -274,3 +274,17 @@ def test_pooled_difference_over_pairs(test_set):
     single = stats.bootstrap_pooled_difference(pairs[:1], "acc", n_boot=300, seed=1)
     classic = stats.bootstrap_patient_difference(*pairs[0], "acc", n_boot=300, seed=1)
     assert single["ci_low"] == classic["ci_low"] and classic["n_patients"] == 40
+
+
+def test_resamples_where_a_metric_is_undefined_are_left_out():
+    """Recall of a model that finds both covid patients: resamples without a covid patient have no
+    recall and must not count as recall 0 (which would stretch the interval to [0, 1])."""
+    target = np.array([1, 1] + [0] * 10)
+    frame = _predictions(np.where(target == 1, 0.9, 0.2), target, np.array([f"p{i}" for i in range(12)]))
+    r = stats.bootstrap_patient_metric(frame, "recall", n_boot=500, seed=0)
+    assert (r["estimate"], r["ci_low"], r["ci_high"]) == (1.0, 1.0, 1.0)
+    # (10/12)^12 = 11 % of resamples draw no covid patient
+    assert 0.8 * 500 < r["n_valid"] < 0.95 * 500
+    # on the full set the logged convention holds: no positive at all -> recall 0
+    negatives = frame[frame["target"] == 0]
+    assert stats.bootstrap_patient_metric(negatives, "recall", n_boot=10)["estimate"] == 0.0

@@ -75,21 +75,16 @@ def align(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.
 # ------------------------------------------------------------------------------------ weighted metrics
 
 
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    # zero_division=0, as torchmetrics (used during training) and scikit-learn do by default.
-    return np.divide(num, den, out=np.zeros(np.shape(num)), where=den > 0)
+def _ratio(num: np.ndarray, den: np.ndarray, zero_division: float = math.nan) -> np.ndarray:
+    return np.divide(num, den, out=np.full(np.shape(num), zero_division), where=den > 0)
 
 
-def _share(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.divide(num, den, out=np.full(np.shape(num), math.nan), where=den > 0)
-
-
-_FROM_COUNTS = {  # tp, fp, fn, tn -> metric, as covidseg.stats.binary defines them
-    "acc": lambda tp, fp, fn, tn: _share(tp + tn, tp + fp + fn + tn),
-    "precision": lambda tp, fp, fn, tn: _div(tp, tp + fp),
-    "recall": lambda tp, fp, fn, tn: _div(tp, tp + fn),
-    "specificity": lambda tp, fp, fn, tn: _div(tn, tn + fp),
-    "f1": lambda tp, fp, fn, tn: _div(2 * tp, 2 * tp + fp + fn),
+_RATIOS = {  # tp, fp, fn, tn -> (numerator, denominator), as covidseg.stats.binary defines them
+    "acc": lambda tp, fp, fn, tn: (tp + tn, tp + fp + fn + tn),
+    "precision": lambda tp, fp, fn, tn: (tp, tp + fp),
+    "recall": lambda tp, fp, fn, tn: (tp, tp + fn),
+    "specificity": lambda tp, fp, fn, tn: (tn, tn + fp),
+    "f1": lambda tp, fp, fn, tn: (2 * tp, 2 * tp + fp + fn),
 }
 
 
@@ -108,17 +103,22 @@ def _weighted_auroc(positive: np.ndarray, prob: np.ndarray) -> Callable[[np.ndar
         below = np.concatenate([np.zeros((len(w), 1)), np.cumsum(neg_w, axis=1)], axis=1)
         lower, tied = below[:, start], below[:, end] - below[:, start]
         pairs = (w[:, pos_at] * (lower + 0.5 * tied)).sum(axis=1)
-        return _share(pairs, w[:, pos_at].sum(axis=1) * neg_w.sum(axis=1))
+        return _ratio(pairs, w[:, pos_at].sum(axis=1) * neg_w.sum(axis=1))
 
     return score
 
 
-def weighted_metric(metric: MetricArg, frame: pd.DataFrame) -> Callable[[np.ndarray], np.ndarray]:
+def weighted_metric(
+    metric: MetricArg, frame: pd.DataFrame, zero_division: float = 0.0
+) -> Callable[[np.ndarray], np.ndarray]:
     """The metric of a prediction table under image weights: (R x images) weights -> R values.
 
     Names are those of ``covidseg.metrics.METRIC_NAMES``: binary tables (two prob_ columns) use ``target``
     and the second prob_ column (class index 1) with ``predicted_positive``; tables with more classes know
-    only ``"acc"`` (argmax). A callable takes a prediction frame (resampled rows) and returns a float."""
+    only ``"acc"`` (argmax). A callable takes a prediction frame (resampled rows) and returns a float.
+    ``zero_division``: precision, recall, specificity and F1 when they are 0/0 (0 as torchmetrics logs
+    them; the bootstrap uses nan, leaving out resamples where the metric is undefined). AUROC with one
+    class only is nan."""
     if callable(metric):
         return _callable_metric(metric, frame)
     if not isinstance(metric, str):
@@ -131,11 +131,11 @@ def weighted_metric(metric: MetricArg, frame: pd.DataFrame) -> Callable[[np.ndar
             return _weighted_auroc(y == 1, prob)
         pred, pos = predicted_positive(prob), y == 1
         cells = np.stack([pred & pos, pred & ~pos, ~pred & pos, ~pred & ~pos], axis=1).astype(float)
-        formula = _FROM_COUNTS[key]
-        return lambda weights: formula(*(weights @ cells).T)
+        ratio = _RATIOS[key]
+        return lambda weights: _ratio(*ratio(*(weights @ cells).T), zero_division)
     if len(cols) > 2 and key == "acc":
         correct = (frame[cols].to_numpy(dtype=float).argmax(axis=1) == y).astype(float)
-        return lambda weights: _share(weights @ correct, weights.sum(axis=1))
+        return lambda weights: _ratio(weights @ correct, weights.sum(axis=1))
     if len(cols) < 2:
         raise ValueError(f"Named metrics need prob_<class> columns for every class, found {cols}")
     known = list(NAMED_BINARY) if len(cols) == 2 else ["acc"]
@@ -196,6 +196,11 @@ def _as_list(frames: pd.DataFrame | Sequence[pd.DataFrame]) -> list[pd.DataFrame
     return listed
 
 
+def _on_all_rows(metric: MetricArg, table: pd.DataFrame) -> float:
+    """The metric on the whole table, 0/0 counted as 0 (the metrics logged during training)."""
+    return float(weighted_metric(metric, table)(np.ones((1, len(table))))[0])
+
+
 def _check_args(n_boot: int, confidence: float) -> None:
     check_confidence(confidence)
     if n_boot < 1:
@@ -213,6 +218,8 @@ def bootstrap_patient_metric(
 
     Each resample draws every table's patients with replacement (see the module docstring: one shared
     draw for tables of the same patients), recomputes each table's metric and averages over tables.
+    A resample in which a metric is undefined (0/0, e.g. recall when no positive patient was drawn, or
+    AUROC with one class) is left out rather than counted as 0; ``n_valid`` counts the others.
     Returns ``estimate`` (that mean on the full tables), ``values`` (each table's metric), ``std`` (their
     sample std; nan for one table), ``ci_low``/``ci_high`` (percentile interval), ``n_boot``, ``n_valid``
     (resamples where the statistic was defined; the rest are ignored), ``n_tables``, ``n_images`` and
@@ -222,8 +229,8 @@ def bootstrap_patient_metric(
     tables = _as_list(frames)
     for i, table in enumerate(tables):
         check_predictions(table, f"table {i}")
-    scorers = [weighted_metric(metric, t) for t in tables]
-    values = [float(s(np.ones((1, len(t))))[0]) for s, t in zip(scorers, tables)]
+    values = [_on_all_rows(metric, t) for t in tables]
+    scorers = [weighted_metric(metric, t, zero_division=math.nan) for t in tables]
     boots = _resample(tables, lambda ws: np.mean([s(w) for s, w in zip(scorers, ws)], axis=0), n_boot, seed)
     low, high, valid = _percentile(boots, confidence)
     return {
@@ -259,10 +266,12 @@ def bootstrap_pooled_difference(
     if not pairs:
         raise ValueError("The paired bootstrap needs at least one pair of prediction tables")
     aligned = [align(a, b) for a, b in pairs]
-    scorers = [(weighted_metric(metric, a), weighted_metric(metric, b)) for a, b in aligned]
-    full = [np.ones((1, len(a))) for a, _ in aligned]
-    m_a = float(np.mean([sa(w)[0] for (sa, _), w in zip(scorers, full)]))
-    m_b = float(np.mean([sb(w)[0] for (_, sb), w in zip(scorers, full)]))
+    m_a = float(np.mean([_on_all_rows(metric, a) for a, _ in aligned]))
+    m_b = float(np.mean([_on_all_rows(metric, b) for _, b in aligned]))
+    undefined = math.nan
+    scorers = [
+        (weighted_metric(metric, a, undefined), weighted_metric(metric, b, undefined)) for a, b in aligned
+    ]
 
     def difference(ws: list[np.ndarray]) -> np.ndarray:
         return np.mean([sb(w) - sa(w) for (sa, sb), w in zip(scorers, ws)], axis=0)
