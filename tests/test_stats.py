@@ -194,3 +194,97 @@ def test_bootstrap_more_than_two_classes_only_accuracy(test_set):
     for name in ("f1", "accuracy"):
         with pytest.raises(ValueError, match="Unknown metric"):
             stats.bootstrap_patient_difference(frame, frame, name, n_boot=10)
+
+
+# --------------------------------------------------------------------------- pooled patient bootstrap
+
+
+def test_weighted_metrics_equal_the_metrics_of_resampled_rows(test_set):
+    rng, target, patients = test_set
+    frame = _predictions(np.round(rng.random(80), 1), target, patients)  # rounding makes ties
+    counts = rng.integers(0, 3, size=(6, 80)).astype(float)
+    for name, fn in stats.BINARY_METRICS.items():
+        got = stats.weighted_metric(name, frame)(counts)
+        rows = [np.repeat(np.arange(80), c.astype(int)) for c in counts]
+        expected = [fn(target[r], frame["prob_covid"].to_numpy()[r]) for r in rows]
+        assert got == pytest.approx(expected, nan_ok=True), name
+
+
+def test_bootstrap_metric_of_perfect_predictions_is_exactly_one(test_set):
+    _, target, patients = test_set
+    perfect = _predictions(np.where(target == 1, 0.9, 0.1), target, patients)
+    for name in METRIC_NAMES:
+        r = stats.bootstrap_patient_metric([perfect, perfect], name, n_boot=300)
+        assert (r["estimate"], r["ci_low"], r["ci_high"]) == (1.0, 1.0, 1.0), name
+
+
+def test_bootstrap_metric_interval_stays_inside_the_metric_range(test_set):
+    rng, target, patients = test_set
+    # a weak model on few patients: a t-interval over such values would leave [0, 1]
+    frames = [_predictions(rng.random(80) * 0.6, target, patients) for _ in range(3)]
+    for name in METRIC_NAMES:
+        r = stats.bootstrap_patient_metric(frames, name, n_boot=500, seed=2)
+        assert 0.0 <= r["ci_low"] <= r["estimate"] <= r["ci_high"] <= 1.0, name
+        assert r["estimate"] == pytest.approx(np.mean(r["values"]))
+        assert r["n_tables"] == 3 and r["n_patients"] == [40, 40, 40] and r["n_images"] == [80, 80, 80]
+
+
+def test_bootstrap_metric_against_a_direct_computation(test_set):
+    """The same draws (whole patients, numpy's Generator, sorted patient order) by hand."""
+    rng, target, patients = test_set
+    frame = _predictions(rng.random(80), target, patients)
+    n_boot = 100  # below CHUNK: one block of draws
+    r = stats.bootstrap_patient_metric(frame, "f1", n_boot=n_boot, seed=7)
+    codes, uniques = pd.factorize(frame["patient_id"], sort=True)
+    drawn = np.random.default_rng(7).integers(0, len(uniques), size=(n_boot, len(uniques)))
+    by_hand = []
+    for row in drawn:
+        idx = np.concatenate([np.flatnonzero(codes == j) for j in row])
+        by_hand.append(stats.f1(target[idx], frame["prob_covid"].to_numpy()[idx]))
+    low, high = np.quantile(by_hand, [0.025, 0.975])
+    assert r["ci_low"] == pytest.approx(low) and r["ci_high"] == pytest.approx(high)
+    assert r["estimate"] == pytest.approx(stats.f1(target, frame["prob_covid"]))
+
+
+def test_tables_of_one_test_set_share_their_draws(test_set):
+    """Two copies of one table (e.g. two seeds tested on the same pooled out-of-fold set) give the
+    interval of one; tables of different patients are resampled independently, which narrows it."""
+    rng, target, patients = test_set
+    frame = _predictions(rng.random(80), target, patients)
+    one = stats.bootstrap_patient_metric(frame, "auroc", n_boot=400, seed=3)
+    shared = stats.bootstrap_patient_metric([frame, frame.iloc[::-1]], "auroc", n_boot=400, seed=3)
+    assert (shared["ci_low"], shared["ci_high"]) == pytest.approx((one["ci_low"], one["ci_high"]))
+    other = frame.assign(patient_id=[f"q{p}" for p in patients])
+    independent = stats.bootstrap_patient_metric([frame, other], "auroc", n_boot=400, seed=3)
+    assert independent["ci_high"] - independent["ci_low"] < one["ci_high"] - one["ci_low"]
+
+
+def test_pooled_difference_over_pairs(test_set):
+    rng, target, patients = test_set
+    pairs = []
+    for _ in range(3):
+        a = _predictions(rng.random(80), target, patients)
+        pairs.append((a, _predictions(np.where(target == 1, 0.9, 0.1), target, patients)))
+    r = stats.bootstrap_pooled_difference(pairs, "acc", n_boot=300, seed=1)
+    accs = [stats.accuracy(target, a["prob_covid"]) for a, _ in pairs]
+    assert r["metric_a"] == pytest.approx(np.mean(accs)) and r["metric_b"] == 1.0
+    assert r["observed"] == pytest.approx(1.0 - np.mean(accs)) and 0 < r["ci_low"] < r["ci_high"] <= 1.0
+    assert r["p_value"] < 0.01 and r["n_pairs"] == 3 and r["n_patients"] == [40, 40, 40]
+    # one pair is the classic paired bootstrap
+    single = stats.bootstrap_pooled_difference(pairs[:1], "acc", n_boot=300, seed=1)
+    classic = stats.bootstrap_patient_difference(*pairs[0], "acc", n_boot=300, seed=1)
+    assert single["ci_low"] == classic["ci_low"] and classic["n_patients"] == 40
+
+
+def test_resamples_where_a_metric_is_undefined_are_left_out():
+    """Recall of a model that finds both covid patients: resamples without a covid patient have no
+    recall and must not count as recall 0 (which would stretch the interval to [0, 1])."""
+    target = np.array([1, 1] + [0] * 10)
+    frame = _predictions(np.where(target == 1, 0.9, 0.2), target, np.array([f"p{i}" for i in range(12)]))
+    r = stats.bootstrap_patient_metric(frame, "recall", n_boot=500, seed=0)
+    assert (r["estimate"], r["ci_low"], r["ci_high"]) == (1.0, 1.0, 1.0)
+    # (10/12)^12 = 11 % of resamples draw no covid patient
+    assert 0.8 * 500 < r["n_valid"] < 0.95 * 500
+    # on the full set the logged convention holds: no positive at all -> recall 0
+    negatives = frame[frame["target"] == 0]
+    assert stats.bootstrap_patient_metric(negatives, "recall", n_boot=10)["estimate"] == 0.0

@@ -1,12 +1,14 @@
 """covidseg-report <multirun dir>: the raw-vs-segmented comparison of a sweep, with honest statistics.
 
 Writes into the sweep folder: report.md (embeds the figures), results.csv (one row per job),
-curves.png + curves_<backbone>.png, confusion.png, cam_gallery.png, and lung_energy.json per job.
-Everything is computed from the jobs' own files (metrics.json, predictions.csv, csv/metrics.csv,
-.hydra/config.yaml, checkpoints/best.ckpt); nothing is typed in by hand.
+curves.png + curves_<backbone>.png, confusion.png, cam_gallery.png, external_auroc.png (with external
+sets), and lung_energy.json per job. Everything is computed from the jobs' own files (metrics.json,
+predictions.csv, predictions_<external set>.csv, csv/metrics.csv, .hydra/config.yaml,
+checkpoints/best.ckpt); nothing is typed in by hand.
 
-collect: the jobs of a sweep; jobs: one job's model, test data and lung energy; tables and figures:
-what the report shows; build: the report itself and the command line.
+collect: the jobs of a sweep (one per backbone, input, seed and fold); pooling: the prediction tables
+behind every interval (K folds pooled out-of-fold); jobs: one job's model, test data and lung energy;
+tables, comparisons, sections and figures: what the report shows; build: the report and the command line.
 """
 
 from covidseg.report.build import build_report, main

@@ -1,14 +1,17 @@
 """covidseg-report <multirun dir>: the raw-vs-segmented comparison of a sweep, with honest statistics.
 
-build_report writes report.md (text and tables around the figures) and results.csv, and logs them to
-the sweep's W&B group; `main` is the command line.
+build_report writes report.md (text and tables around the figures: the internal test split, pooled over
+folds with data.folds, then every external set) and results.csv, and logs them to the sweep's W&B
+group; `main` is the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,19 +19,39 @@ from omegaconf import OmegaConf
 
 from covidseg.cli import FAILED_FILE
 from covidseg.errors import UserError
-from covidseg.report.collect import collect_jobs, finished
-from covidseg.report.figures import plot_cam_gallery, plot_confusions, plot_curves
+from covidseg.report.collect import collect_jobs, compared_groups, external_sets, finished, uses_folds
+from covidseg.report.comparisons import markdown_bootstrap, markdown_paired, paired_bootstrap, paired_runs
+from covidseg.report.figures import plot_cam_gallery, plot_confusions, plot_curves, plot_external_auroc
 from covidseg.report.jobs import job_lung_energy
-from covidseg.report.tables import (
-    markdown_bootstrap,
-    markdown_paired,
-    markdown_splits,
-    markdown_summary,
-    paired_comparisons,
-    summary_table,
+from covidseg.report.pooling import TestSet, external_tables, internal_tables, pooled_summary
+from covidseg.report.sections import (
+    bootstrap_note,
+    comparison_heading,
+    external_interval_note,
+    external_intro,
+    failed_jobs,
+    internal_interval_note,
+    internal_metrics_heading,
+    paired_t_note,
+    source_note,
 )
+from covidseg.report.tables import is_binary, markdown_splits, markdown_summary, source_table, summary_table
 
 log = logging.getLogger("covidseg.report")
+
+
+@dataclass
+class TestSetReport:
+    """What the report shows for one test set: the models' tables, the summary and the comparisons."""
+
+    test_sets: dict[tuple[str, str], TestSet]
+    summary: pd.DataFrame
+    across: pd.DataFrame
+    boot: pd.DataFrame
+    sources: str | None = None
+
+    def auroc_cells(self, column: str) -> dict[tuple[str, str], dict]:
+        return {(r["backbone"], r["input"]): r[column] for _, r in self.summary.iterrows()}
 
 
 def build_report(
@@ -57,83 +80,161 @@ def build_report(
     jobs.to_csv(sweep_dir / "results.csv", index=False)
     if not ok_mask.any():
         raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {FAILED_FILE}.")
-    summary = summary_table(jobs)
-    across, boot = paired_comparisons(jobs, n_boot)
-    curve_files = plot_curves(jobs, sweep_dir)
+    groups = compared_groups(jobs)
+    internal = _test_set_report(jobs, {g: internal_tables(jobs, *g) for g in groups}, n_boot, None)
+    external = {}
+    for name in external_sets(jobs):
+        test_sets = {g: external_tables(jobs, *g, name) for g in groups}
+        if any(s.tables for s in test_sets.values()):
+            external[name] = _test_set_report(jobs, test_sets, n_boot, name)
+        else:  # metrics.json values alone carry no patients to resample
+            log.warning(
+                "External set %s: no job wrote predictions_%s.csv; left out of the report", name, name
+            )
+    figures = plot_curves(jobs, sweep_dir)
     plot_confusions(jobs, sweep_dir)
-    plot_cam_gallery(jobs, sweep_dir, cam_images, cache_dir)
-    failed = jobs[~ok_mask]
-    text = _report_text(sweep_dir, jobs, summary, across, boot, curve_files, failed, energy_images)
+    figures.append("confusion.png")
+    if plot_cam_gallery(jobs, sweep_dir, cam_images, cache_dir):
+        figures.append("cam_gallery.png")
+    if external:
+        cells = {"internal test": internal.auroc_cells("test/auroc")}
+        cells.update({name: r.auroc_cells(f"external/{name}/auroc") for name, r in external.items()})
+        figures.append(plot_external_auroc(cells, sweep_dir))
+    text = _report_text(sweep_dir, jobs, internal, external, figures, energy_images, n_boot)
     (sweep_dir / "report.md").write_text(text)
-    _log_to_wandb(sweep_dir, jobs, curve_files)
+    _log_to_wandb(sweep_dir, jobs, figures)
     return sweep_dir / "report.md"
+
+
+def _test_set_report(
+    jobs: pd.DataFrame, test_sets: dict[tuple[str, str], TestSet], n_boot: int, name: str | None
+) -> TestSetReport:
+    test_sets = {g: s for g, s in test_sets.items() if s.tables}
+    return TestSetReport(
+        test_sets,
+        summary_table(jobs, test_sets, n_boot, name),
+        paired_runs(jobs, name),
+        paired_bootstrap(test_sets, n_boot),
+        source_table(test_sets, n_boot) if name is not None else None,
+    )
+
+
+def _comparison(result: TestSetReport, folds: bool, external: bool, n_boot: int) -> list[str]:
+    # What was paired: jobs (seed x fold) for the t-test; for the bootstrap, pooled seeds internally.
+    t_unit, boot_unit = "Runs" if folds else "Seeds", "Runs" if folds and external else "Seeds"
+    if not len(result.across):
+        return ["_No backbone has both raw and segmented (or lungs_removed) runs._", ""]
+    return [
+        paired_t_note(folds, external),
+        markdown_paired(result.across, t_unit),
+        "",
+        bootstrap_note(folds, external, n_boot),
+        markdown_bootstrap(result.boot, boot_unit) if len(result.boot) else "_None._",
+        "",
+    ]
 
 
 def _report_text(
     sweep_dir: Path,
     jobs: pd.DataFrame,
-    summary: pd.DataFrame,
-    across: pd.DataFrame,
-    boot: pd.DataFrame,
-    curve_files: list[str],
-    failed: pd.DataFrame,
+    internal: TestSetReport,
+    external: dict[str, TestSetReport],
+    figures: list[str],
     energy_images: int,
+    n_boot: int,
 ) -> str:
     ok = finished(jobs)
+    failed = jobs[jobs["status"] != "ok"]
     first = ok.iloc[0]
     settings = OmegaConf.load(Path(first["dir"]) / ".hydra" / "config.yaml")
+    folds = int(ok["folds"].max()) if uses_folds(jobs) else None
+    binary = is_binary(next(iter(internal.test_sets.values())))
+    split = (
+        f"patient-level {folds}-fold cross-validation (data.folds={folds}; each job tests one fold)"
+        if folds
+        else f"patient-level split {dict(settings.data.split_ratios)}"
+    )
     parts = [
         "# covidseg comparison: raw vs lung-segmented input\n",
         f"Sweep `{sweep_dir}`: {len(jobs)} job(s), {len(ok)} finished, {len(failed)} failed. "
         f"Classes {settings.data.classes} (positive: {settings.data.classes[-1]}), image size "
-        f"{settings.data.image_size}, {settings.trainer.max_epochs} epoch(s) max, patient-level split "
-        f"{dict(settings.data.split_ratios)}. Reproduce with `covidseg-report {sweep_dir}`.\n",
-        "## Test metrics (mean ± std over seeds, [95 % t-interval])\n",
-        "Lung energy: mean share of the Grad-CAM mass (for the predicted class) inside the predicted lung "
-        f"mask, over up to {energy_images} test images per model (1.0 = the model looks only at the lungs; "
-        "an all-zero CAM has no share and is left out). "
+        f"{settings.data.image_size}, {settings.trainer.max_epochs} epoch(s) max, {split}. "
+        + (f"External test sets: {', '.join(f'`{n}`' for n in external)}. " if external else "")
+        + f"Reproduce with `covidseg-report {sweep_dir}`.\n",
+    ]
+    if folds:
+        parts += [
+            "## Pooled out-of-fold test set\n",
+            f"The test predictions of the {folds} folds of one backbone × input × seed are pooled, so every "
+            "image is tested once, by the model that did not see it in training:\n",
+            *pooled_summary(internal.test_sets),
+            "",
+        ]
+    parts += [
+        internal_metrics_heading(bool(folds)),
+        internal_interval_note(internal.summary, folds, n_boot, binary),
+        "Lung energy (mean ± std over runs, no interval): mean share of the Grad-CAM mass (for the "
+        f"predicted class) inside the predicted lung mask, over up to {energy_images} test images per model "
+        "(1.0 = the model looks only at the lungs; an all-zero CAM has no share and is left out). "
         + (
             f"For reference, the lung masks cover {jobs['lung_area'].mean():.3f} of these images "
-            "on average: a CAM "
-            "spread evenly over the image would score that.\n"
+            "on average: a CAM spread evenly over the image would score that.\n"
             if "lung_area" in jobs
             else "\n"
         ),
-        markdown_summary(summary),
+        markdown_summary(internal.summary),
         "",
-        "## Does segmentation help? Segmented − raw, paired by seed\n",
-        "Paired t-test over seeds (same seed = same patient split and initialisation).\n",
-        markdown_paired(across) if len(across) else "_No backbone has both raw and segmented runs._",
-        "",
-        "Per seed, a paired bootstrap over test **patients** (whole patients resampled):\n",
-        markdown_bootstrap(boot) if len(boot) else "_None._",
-        "",
+        comparison_heading(bool(folds), set(ok["input"])),
+        *_comparison(internal, bool(folds), False, n_boot),
+    ]
+    for name, result in external.items():
+        parts += [
+            f"## External test set `{name}`\n",
+            external_intro(name, result.test_sets, _external_folder(ok, name), bool(folds)),
+            external_interval_note(n_boot, binary),
+            markdown_summary(result.summary, name),
+            "",
+            f"### Segmented − raw on `{name}`\n",
+            *_comparison(result, bool(folds), True, n_boot),
+        ]
+        if result.sources:
+            parts += [f"### Per source on `{name}`\n", source_note(n_boot), result.sources, ""]
+    if external:
+        parts += ["## Internal vs external AUROC\n", "![external auroc](external_auroc.png)", ""]
+    parts += [
         "## Split sizes (images and patients)\n",
         markdown_splits(jobs),
         "",
-        "## Training curves (mean over seeds, band ±1 std)\n",
-        *[f"![{name}]({name})" for name in curve_files],
+        "## Training curves (mean over runs, band ±1 std)\n",
+        *[f"![{name}]({name})" for name in figures if name.startswith("curves")],
         "",
-        "## Confusion matrices (best seed by F1)\n",
+        "## Confusion matrices (best run by F1)\n",
         "![confusion](confusion.png)",
         "",
         "## Grad-CAM / Grad-CAM++ gallery\n",
         "Each row: a test image, its predicted lung mask, then for every backbone the raw and the segmented "
         "model's heat maps for the positive class over the image that model saw.\n",
-        "![cam gallery](cam_gallery.png)",
+        "![cam gallery](cam_gallery.png)"
+        if "cam_gallery.png" in figures
+        else "_No gallery: no model could be reloaded (see the warnings of covidseg-report)._",
         "",
     ]
     if len(failed):
-        parts += ["## Failed jobs\n", "| Job | Backbone | Input | Seed | Error |", "|---|---|---|---|---|"]
-        parts += [
-            f"| {r['job']} | {r['backbone']} | {r['input']} | {r['seed']} | "
-            f"{str(r.get('error', '')).replace('|', '/')[:300]} |"
-            for _, r in failed.iterrows()
-        ]
+        parts += failed_jobs(failed)
     return "\n".join(parts) + "\n"
 
 
-def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, curve_files: list[str]) -> None:
+def _external_folder(ok: pd.DataFrame, name: str) -> str | None:
+    """The folder of external set `name`, as the first job that evaluated it recorded (external_sets)."""
+    for job_dir in ok["dir"]:
+        path = Path(job_dir) / "metrics.json"
+        folder = json.loads(path.read_text()).get("external_sets", {}).get(name)
+        if folder:
+            return str(folder)
+    return None
+
+
+def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, figures: list[str]) -> None:
     """Log the report and its figures to the sweep's W&B group (offline without an API key)."""
     cfg = OmegaConf.load(Path(jobs.iloc[0]["dir"]) / ".hydra" / "config.yaml")
     if "wandb" not in (cfg.get("logger") or {}):
@@ -158,7 +259,7 @@ def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, curve_files: list[str]) -
                 "results": wandb.Table(dataframe=table),
                 **{
                     name: wandb.Image(str(sweep_dir / name))
-                    for name in [*curve_files, "confusion.png", "cam_gallery.png"]
+                    for name in figures
                     if (sweep_dir / name).is_file()
                 },
             }

@@ -1,5 +1,6 @@
 """The jobs of a sweep: one row per job folder with its settings, status and metrics, and the groups
-(backbone x input) the report compares."""
+(backbone x input) the report compares. A job is one (backbone, input, seed, fold); `fold` is empty
+without patient-level K-fold cross-validation (data.folds)."""
 
 from __future__ import annotations
 
@@ -41,23 +42,28 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
             row.update(status="failed", error=json.loads((job / FAILED_FILE).read_text())["error"])
         else:
             row.update(status="failed", error="no metrics.json (job killed or still running)")
+        # The config says which fold a job was, also for jobs that failed before writing metrics.
+        folds = cfg.data.get("folds")
+        row.update(
+            folds=int(folds) if folds else None, fold=int(cfg.data.get("fold") or 0) if folds else None
+        )
         rows.append(row)
-    if rows:
-        keys = pd.DataFrame(rows)[["backbone", "input", "seed"]]
-        repeated = keys[keys.duplicated(keep=False)]
-        if len(repeated):
-            raise UserError(
-                f"{sweep_dir}: several jobs share backbone/input/seed "
-                f"({repeated.drop_duplicates().to_dict('records')[:3]}); "
-                "the report compares backbones x input over seeds only. Sweep other settings in "
-                "separate folders."
-            )
     if not rows:
         raise UserError(
             f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
             "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>."
         )
-    return pd.DataFrame(rows)
+    jobs = pd.DataFrame(rows)
+    jobs["folds"], jobs["fold"] = jobs["folds"].astype("Int64"), jobs["fold"].astype("Int64")
+    keys = jobs[["backbone", "input", "seed", "fold"]].fillna({"fold": -1})
+    repeated = jobs[keys.duplicated(keep=False)]
+    if len(repeated):
+        raise UserError(
+            f"{sweep_dir}: jobs {list(repeated['job'])} share backbone/input/seed/fold; the report "
+            "compares backbones x input over seeds (and folds) only. Sweep other settings in separate "
+            "folders."
+        )
+    return jobs
 
 
 def _job_key(name: str) -> tuple[int, str]:
@@ -71,8 +77,29 @@ def finished(jobs: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_jobs(ok: pd.DataFrame, backbone: str, input_: str) -> pd.DataFrame:
-    """The jobs (one per seed) of one backbone x input."""
+    """The jobs (one per seed, or per seed and fold) of one backbone x input."""
     return ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]
+
+
+def run_key(job: pd.Series) -> tuple[int, int]:
+    """(seed, fold) of a job, fold -1 without folds: raw and segmented jobs with one key share a split."""
+    return int(job["seed"]), -1 if pd.isna(job["fold"]) else int(job["fold"])
+
+
+def uses_folds(jobs: pd.DataFrame) -> bool:
+    """Whether any finished job of the sweep is one fold of a K-fold cross-validation."""
+    return bool(finished(jobs)["folds"].notna().any())
+
+
+def external_sets(jobs: pd.DataFrame) -> list[str]:
+    """Names of the external test sets in the finished jobs' metrics.json (external/<name>/<metric>) or
+    predictions_<name>.csv files, in order of appearance."""
+    names = [c.split("/")[1] for c in jobs.columns if c.startswith("external/") and c.count("/") == 2]
+    for job_dir in finished(jobs)["dir"]:
+        names += [
+            p.stem.removeprefix("predictions_") for p in sorted(Path(job_dir).glob("predictions_*.csv"))
+        ]
+    return list(dict.fromkeys(names))
 
 
 def compared_groups(jobs: pd.DataFrame) -> list[tuple[str, str]]:

@@ -1,18 +1,24 @@
-"""The report's figures: training curves, confusion matrices and a Grad-CAM / Grad-CAM++ gallery."""
+"""The report's figures: training curves, confusion matrices, a Grad-CAM / Grad-CAM++ gallery and the
+internal-vs-external AUROC of every model."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from covidseg.errors import UserError
 from covidseg.explain import cam_maps
 from covidseg.plots import pyplot
-from covidseg.report.collect import INPUT_ORDER, compared_groups, finished, select_jobs
+from covidseg.report.collect import INPUT_ORDER, compared_groups, finished, run_key, select_jobs
 from covidseg.report.jobs import JobTestData, job_test_data
+
+log = logging.getLogger("covidseg.report")
 
 
 def epoch_curves(job_dir: Path) -> pd.DataFrame | None:
@@ -26,7 +32,7 @@ def epoch_curves(job_dir: Path) -> pd.DataFrame | None:
 
 
 def plot_curves(jobs: pd.DataFrame, out_dir: Path) -> list[str]:
-    """curves.png (all backbones) and curves_<backbone>.png: mean over seeds, band = ±1 std."""
+    """curves.png (all backbones) and curves_<backbone>.png: mean over runs (seeds, folds), band ±1 std."""
     plt = pyplot()
     ok = finished(jobs)
     backbones = list(dict.fromkeys(ok["backbone"]))
@@ -99,27 +105,37 @@ def plot_confusions(jobs: pd.DataFrame, out_dir: Path) -> None:
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
-        ax.set_title(f"{backbone} {input_}\nseed {best['seed']}, F1 {float(best['test/f1']):.3f}", fontsize=8)
+        fold = "" if pd.isna(best["fold"]) else f" fold {best['fold']}"
+        ax.set_title(
+            f"{backbone} {input_}\nseed {best['seed']}{fold}, F1 {float(best['test/f1']):.3f}", fontsize=8
+        )
     fig.tight_layout()
     fig.savefig(out_dir / "confusion.png", dpi=100)
     plt.close(fig)
 
 
-def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str | None = None) -> None:
-    """cam_gallery.png: K test images of both classes (first common seed): image, lung mask, and Grad-CAM /
-    Grad-CAM++ of the raw and the segmented model of each backbone, over the image that model saw."""
+def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str | None = None) -> bool:
+    """cam_gallery.png: K test images of both classes (first seed, and fold): image, lung mask, and Grad-CAM /
+    Grad-CAM++ of the raw and the segmented model of each backbone, over the image that model saw.
+
+    A job whose model cannot be reloaded (no checkpoint) is left out with a warning; False when no job
+    could be, and no figure was written."""
     plt = pyplot()
     ok = finished(jobs)
-    seed = sorted(ok["seed"].unique())[0]
+    first = min(run_key(job) for _, job in ok.iterrows())  # raw and segmented share this split
     models = [(b, i) for b, i in compared_groups(jobs) if i in ("raw", "segmented")]
     loaded: dict[tuple[str, str], JobTestData] = {}
     for backbone, input_ in models:
         job = select_jobs(ok, backbone, input_)
-        job = job[job["seed"] == seed]
-        if len(job):
+        job = job[[run_key(r) == first for _, r in job.iterrows()]]
+        if not len(job):
+            continue
+        try:
             loaded[(backbone, input_)] = job_test_data(Path(job.iloc[0]["dir"]), cache_dir)
+        except UserError as err:
+            log.warning("CAM gallery without job %s: %s", job.iloc[0]["job"], err)
     if not loaded:
-        return
+        return False
     reference = next(iter(loaded.values()))
     targets = reference.test.targets.numpy()
     picks = []
@@ -156,3 +172,39 @@ def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str |
     fig.tight_layout()
     fig.savefig(out_dir / "cam_gallery.png", dpi=110)
     plt.close(fig)
+    return True
+
+
+def plot_external_auroc(cells: dict[str, dict[tuple[str, str], dict]], out_dir: Path) -> str:
+    """external_auroc.png: every model's AUROC on each test set (internal first, then the external sets)
+    side by side, with its 95 % patient-bootstrap interval; the dashed line is chance (0.5).
+
+    cells: test set label -> (backbone, input) -> {"estimate", "ci_low", "ci_high"}."""
+    plt = pyplot()
+    models = list(dict.fromkeys(m for per_set in cells.values() for m in per_set))
+    width = 0.8 / len(cells)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(models) + 2), 3.8))
+    for j, (label, per_set) in enumerate(cells.items()):
+        xs, ys, low, high = [], [], [], []
+        for i, model in enumerate(models):
+            cell = per_set.get(model)
+            if cell is None or math.isnan(cell["estimate"]):
+                continue
+            xs.append(i + (j - (len(cells) - 1) / 2) * width)
+            ys.append(cell["estimate"])
+            bounded = not math.isnan(cell["ci_low"])
+            low.append(cell["estimate"] - cell["ci_low"] if bounded else 0.0)
+            high.append(cell["ci_high"] - cell["estimate"] if bounded else 0.0)
+        ax.errorbar(xs, ys, yerr=[low, high], fmt="o", capsize=3, label=label)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(models)), [f"{b}\n{i}" for b, i in models], fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("AUROC")
+    ax.set_title(
+        "AUROC per model: internal test vs external sets (95 % patient-bootstrap intervals)", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "external_auroc.png", dpi=100)
+    plt.close(fig)
+    return "external_auroc.png"

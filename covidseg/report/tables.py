@@ -1,44 +1,34 @@
-"""The report's tables: test metrics per backbone x input over seeds, segmented - raw paired by seed
-(t-test over seeds, bootstrap over test patients), and the split sizes."""
+"""The report's metric tables: per backbone x input on a test set (internal or external), a point estimate,
+the spread over runs and a patient-bootstrap interval; a per-source breakdown; the split sizes."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from covidseg.metrics import DISPLAY_NAMES, METRIC_NAMES
 from covidseg.report.collect import compared_groups, finished, select_jobs
-from covidseg.stats import bootstrap_patient_difference, mean_ci, paired_difference
+from covidseg.report.pooling import TestSet
+from covidseg.stats import bootstrap_patient_metric, prob_columns
 
-# results.csv column and its name in the report: the classifier's test metrics, then lung energy.
-REPORT_METRICS = [
-    *((f"test/{name}", DISPLAY_NAMES[name]) for name in METRIC_NAMES),
-    ("lung_energy", "Lung energy"),
-]
-# Patient-bootstrapped metrics (segmented - raw per seed); with more than two classes only accuracy.
-BOOTSTRAP_BINARY = ("f1", "recall", "auroc")
-BOOTSTRAP_MULTICLASS = ("acc",)
+LUNG_ENERGY = ("lung_energy", "Lung energy")
+# Metrics of the per-source breakdown (binary tasks; with more classes accuracy only).
+SOURCE_METRICS = ("auroc", "recall", "specificity")
+# Every bootstrap starts from this seed, so a report is reproducible to the last digit.
+BOOT_SEED = 0
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def metric_prefix(name: str | None) -> str:
+    """Where a job's metrics.json keeps a test set's metrics: test/<m> or external/<name>/<m>."""
+    return "test/" if name is None else f"external/{name}/"
 
 
-def summary_table(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Per backbone x input: the number of seeds and mean_ci of every report metric over them."""
-    ok = finished(jobs)
-    records = []
-    for backbone, input_ in compared_groups(jobs):
-        group = select_jobs(ok, backbone, input_)
-        record: dict[str, Any] = {"backbone": backbone, "input": input_, "seeds": len(group)}
-        for key, _ in REPORT_METRICS:
-            if key in group:
-                record[key] = mean_ci(group[key].astype(float).to_numpy())
-        records.append(record)
-    return pd.DataFrame(records)
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -47,85 +37,117 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def _interval_cell(s: Any) -> str:
-    if not isinstance(s, dict) or s["n"] == 0:
+def is_binary(test_set: TestSet) -> bool:
+    return len(prob_columns(next(iter(test_set.tables.values())))) == 2
+
+
+def count_text(values: list[int]) -> str:
+    """One count, or the range when the tables differ (e.g. test splits of different seeds)."""
+    return str(min(values)) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def _spread(runs: pd.DataFrame, column: str) -> tuple[float, float]:
+    values = runs[column].astype(float).dropna() if column in runs else pd.Series(dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    return mean, float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def metric_cell(runs: pd.DataFrame, test_set: TestSet, metric: str, prefix: str, n_boot: int) -> dict:
+    """estimate (bootstrapped metrics: the mean over the test set's tables), std over the runs' own test
+    metrics, and the patient-bootstrap interval (nan where the metric is not bootstrapped)."""
+    mean, std = _spread(runs, prefix + metric)
+    if metric != "acc" and not is_binary(test_set):  # macro metrics of >2 classes: as logged, no interval
+        return {"estimate": mean, "std": std, "ci_low": math.nan, "ci_high": math.nan}
+    boot = bootstrap_patient_metric(list(test_set.tables.values()), metric, n_boot, BOOT_SEED)
+    if math.isnan(std):  # e.g. metrics.json lacks the key: the spread of the tables themselves
+        std = boot["std"]
+    return {"estimate": boot["estimate"], "std": std, "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
+
+
+def summary_table(
+    jobs: pd.DataFrame, test_sets: dict[tuple[str, str], TestSet], n_boot: int, name: str | None = None
+) -> pd.DataFrame:
+    """Per backbone x input: seeds, folds, images, patients and a metric_cell per metric; lung energy
+    (mean ± std over runs) on the internal test set."""
+    ok = finished(jobs)
+    prefix = metric_prefix(name)
+    records = []
+    for backbone, input_ in compared_groups(jobs):
+        test_set = test_sets.get((backbone, input_))
+        if test_set is None or not test_set.tables:
+            continue
+        runs = select_jobs(ok, backbone, input_)
+        runs = runs[runs["job"].isin({j for names in test_set.jobs.values() for j in names})]
+        tables = list(test_set.tables.values())
+        record: dict[str, Any] = {
+            "backbone": backbone,
+            "input": input_,
+            "seeds": runs["seed"].nunique(),
+            "folds": None if runs["folds"].isna().all() else int(runs["folds"].max()),
+            "runs": len(runs),
+            "images": count_text([len(t) for t in tables]),
+            "patients": count_text([t["patient_id"].nunique() for t in tables]),
+        }
+        for metric in METRIC_NAMES:
+            record[prefix + metric] = metric_cell(runs, test_set, metric, prefix, n_boot)
+        if name is None and LUNG_ENERGY[0] in runs:
+            mean, std = _spread(runs, LUNG_ENERGY[0])
+            record[LUNG_ENERGY[0]] = {"estimate": mean, "std": std, "ci_low": math.nan, "ci_high": math.nan}
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def interval_cell(cell: Any) -> str:
+    if not isinstance(cell, dict) or math.isnan(cell["estimate"]):
         return "–"
-    if s["n"] == 1:
-        return _fmt(s["mean"])
-    return f"{_fmt(s['mean'])} ± {_fmt(s['std'])}<br>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+    text = fmt(cell["estimate"]) + ("" if math.isnan(cell["std"]) else f" ± {fmt(cell['std'])}")
+    if not math.isnan(cell["ci_low"]):
+        text += f"<br>[{fmt(cell['ci_low'])}, {fmt(cell['ci_high'])}]"
+    return text
 
 
-def markdown_summary(summary: pd.DataFrame) -> str:
-    header = ["Backbone", "Input", "Seeds", *(name for _, name in REPORT_METRICS)]
+def markdown_summary(summary: pd.DataFrame, name: str | None = None) -> str:
+    prefix = metric_prefix(name)
+    columns = [(prefix + m, DISPLAY_NAMES[m]) for m in METRIC_NAMES]
+    if name is None:
+        columns.append(LUNG_ENERGY)
+    with_folds = summary["folds"].notna().any()
+    header = ["Backbone", "Input", "Seeds", *(["Folds"] if with_folds else []), *(n for _, n in columns)]
     rows = [
-        [r["backbone"], r["input"], r["seeds"], *(_interval_cell(r.get(key)) for key, _ in REPORT_METRICS)]
+        [
+            r["backbone"],
+            r["input"],
+            r["seeds"],
+            *([fmt(r["folds"], 0) if pd.notna(r["folds"]) else "–"] if with_folds else []),
+            *(interval_cell(r.get(key)) for key, _ in columns),
+        ]
         for _, r in summary.iterrows()
     ]
     return markdown_table(header, rows)
 
 
-def paired_comparisons(jobs: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Segmented - raw per backbone: paired t-test across seeds, and a patient bootstrap per seed."""
-    ok = finished(jobs)
-    across, boot = [], []
-    for backbone in dict.fromkeys(ok["backbone"]):
-        raw = select_jobs(ok, backbone, "raw").set_index("seed")
-        seg = select_jobs(ok, backbone, "segmented").set_index("seed")
-        seeds = sorted(set(raw.index) & set(seg.index))
-        if not seeds:
+def source_table(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> str | None:
+    """Per model and source (the predictions' `source` column): images, patients and the metrics of
+    SOURCE_METRICS (mean over the model's runs, patient-bootstrap interval); None without a source column."""
+    filled = [t for t in test_sets.values() if t.tables]
+    if not filled or "source" not in next(iter(filled[0].tables.values())):
+        return None
+    metrics = SOURCE_METRICS if is_binary(filled[0]) else ("acc",)
+    rows = []
+    for (backbone, input_), test_set in test_sets.items():
+        tables = list(test_set.tables.values())
+        if not tables or "source" not in tables[0]:
             continue
-        for key, name in REPORT_METRICS:
-            if key not in raw or key not in seg:
-                continue
-            result = paired_difference(raw.loc[seeds, key].astype(float), seg.loc[seeds, key].astype(float))
-            across.append({"backbone": backbone, "metric": name, "seeds": len(seeds), **result})
-        for seed in seeds:
-            a = pd.read_csv(Path(raw.loc[seed, "dir"]) / "predictions.csv")
-            b = pd.read_csv(Path(seg.loc[seed, "dir"]) / "predictions.csv")
-            binary = sum(c.startswith("prob_") for c in a.columns) == 2
-            for metric in BOOTSTRAP_BINARY if binary else BOOTSTRAP_MULTICLASS:
-                result = bootstrap_patient_difference(a, b, metric, n_boot=n_boot, seed=seed)
-                boot.append({"backbone": backbone, "seed": seed, "metric": metric, **result})
-    return pd.DataFrame(across), pd.DataFrame(boot)
-
-
-def markdown_difference(
-    frame: pd.DataFrame,
-    ids: dict[str, str],
-    values: tuple[str, str, str],
-    labels: tuple[str, str, str],
-    extra: dict[str, str] | None = None,
-) -> str:
-    """A segmented - raw table: identifying columns, raw, segmented, the difference, its CI and p value.
-
-    ids/extra map headers to columns; values name the raw, segmented and difference columns; labels
-    are the headers of the difference, the CI and the p value."""
-    header = [*ids, "Raw", "Segmented", *labels, *(extra or {})]
-    rows = [
-        [
-            *(r[c] for c in ids.values()),
-            *(_fmt(r[c]) for c in values),
-            f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
-            _fmt(r["p_value"]),
-            *(r[c] for c in (extra or {}).values()),
-        ]
-        for _, r in frame.iterrows()
-    ]
+        for source in sorted(tables[0]["source"].dropna().astype(str).unique()):
+            parts = [t[t["source"].astype(str) == source] for t in tables]
+            cells = []
+            for metric in metrics:
+                boot = bootstrap_patient_metric(parts, metric, n_boot, BOOT_SEED)
+                ci = f"<br>[{fmt(boot['ci_low'])}, {fmt(boot['ci_high'])}]" if boot["n_valid"] else ""
+                cells.append(fmt(boot["estimate"]) + ci)
+            rows.append([backbone, input_, source, len(parts[0]), parts[0]["patient_id"].nunique(), *cells])
+    header = ["Backbone", "Input", "Source", "Images", "Patients", *(DISPLAY_NAMES[m] for m in metrics)]
     return markdown_table(header, rows)
-
-
-def markdown_paired(across: pd.DataFrame) -> str:
-    ids = {"Backbone": "backbone", "Metric": "metric", "Seeds": "seeds"}
-    labels = ("Δ (seg − raw)", "95 % CI", "p (paired t)")
-    return markdown_difference(across, ids, ("mean_a", "mean_b", "mean_diff"), labels)
-
-
-def markdown_bootstrap(boot: pd.DataFrame) -> str:
-    ids = {"Backbone": "backbone", "Seed": "seed", "Metric": "metric"}
-    labels = ("Δ", "95 % CI (patients)", "p (bootstrap)")
-    return markdown_difference(
-        boot, ids, ("metric_a", "metric_b", "observed"), labels, {"Patients": "n_patients"}
-    )
 
 
 def markdown_splits(jobs: pd.DataFrame) -> str:
@@ -135,5 +157,8 @@ def markdown_splits(jobs: pd.DataFrame) -> str:
         for c in ("n_train", "n_val", "n_test", "patients_train", "patients_val", "patients_test")
         if c in ok
     ]
+    if ok["fold"].notna().any():
+        sizes = ok.groupby(["seed", "fold"])[columns].first().astype(int)
+        return markdown_table(["Seed", "Fold", *columns], [[*key, *row] for key, row in sizes.iterrows()])
     sizes = ok.groupby("seed")[columns].first().astype(int)
     return markdown_table(["Seed", *columns], [[seed, *row] for seed, row in sizes.iterrows()])

@@ -1,0 +1,151 @@
+"""The report's words: what every table and interval covers, written from the sweep's own numbers."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from covidseg.report.pooling import TestSet
+
+THRESHOLD_NOTE = (
+    "An image counts as positive when the positive-class probability is above 0.5 "
+    "(`covidseg.metrics.predicted_positive`, the rule of the metrics logged during training). Resamples "
+    "in which a metric is undefined (e.g. recall when no covid patient was drawn) are left out of its "
+    "interval; on the full set 0/0 counts as 0, as in the logged metrics."
+)
+
+
+def _counts(summary: pd.DataFrame) -> str:
+    images, patients = set(summary["images"]), set(summary["patients"])
+    if len(images) == 1 and len(patients) == 1:
+        return f"{images.pop()} images, {patients.pop()} patients"
+    return "images and patients: see Split sizes"
+
+
+def _multiclass_note(binary: bool) -> str:
+    if binary:
+        return ""
+    return (
+        " With more than two classes only accuracy is bootstrapped; the macro-averaged metrics show the "
+        "mean ± std of what each job logged, without an interval."
+    )
+
+
+def internal_metrics_heading(folds: bool) -> str:
+    if folds:
+        return (
+            "## Test metrics (pooled out-of-fold predictions, ± std over folds, "
+            "[95 % patient-bootstrap interval])\n"
+        )
+    return "## Test metrics (mean ± std over seeds, [95 % patient-bootstrap interval])\n"
+
+
+def internal_interval_note(summary: pd.DataFrame, folds: int | None, n_boot: int, binary: bool) -> str:
+    seeds = int(summary["seeds"].max())
+    if folds:
+        text = (
+            "Each cell: the metric of the pooled out-of-fold predictions "
+            f"({folds} folds, {_counts(summary)}: every image tested once, by the model that did not "
+            "train on it"
+            + (f"; averaged over {seeds} seeds" if seeds > 1 else "")
+            + f") ± the std of the folds' own test metrics ({folds} folds"
+            + (f" × {seeds} seeds" if seeds > 1 else "")
+            + "), and in brackets a 95 % patient-bootstrap interval on the pooled predictions: whole "
+            f"patients resampled with replacement, {n_boot} resamples"
+            + (", one draw shared by the seeds since they tested the same images" if seeds > 1 else "")
+            + ", the pooled metric recomputed; percentile interval."
+        )
+    else:
+        text = (
+            f"Each cell: the metric averaged over {seeds} seed(s) (each seed's model on its own test split; "
+            f"{_counts(summary)} per seed) ± its std over seeds (how much retraining with another seed and "
+            "split moves it), and in brackets a 95 % patient-bootstrap interval: test patients resampled "
+            f"with replacement within each seed's test split (whole patients), {n_boot} resamples, each "
+            "seed's metric recomputed and averaged over seeds; percentile interval."
+        )
+    return (
+        text
+        + " The interval covers which test patients happened to be drawn, given these trained models; the "
+        "± std shows the spread over retraining. " + THRESHOLD_NOTE + _multiclass_note(binary) + "\n"
+    )
+
+
+def comparison_heading(folds: bool, inputs: set[str]) -> str:
+    others = " (and lungs_removed − raw)" if "lungs_removed" in inputs else ""
+    paired = "paired by seed and fold" if folds else "paired by seed"
+    return f"## Does segmentation help? Segmented − raw{others}, {paired}\n"
+
+
+def paired_t_note(folds: bool, external: bool) -> str:
+    unit = "runs (seed × fold)" if folds else "seeds"
+    what = "on this set" if external else "on their test split"
+    return (
+        f"Paired t-test over {unit}: the raw and the compared job of one seed"
+        + (" and fold" if folds else "")
+        + f" share the patient split and the initialisation. Δ is the mean of the per-run differences of "
+        f"the metric each job logged {what}; the 95 % t-interval is over those runs and, with few of "
+        "them, can be wide.\n"
+    )
+
+
+def bootstrap_note(folds: bool, external: bool, n_boot: int) -> str:
+    if external:
+        pooled = (
+            "every run (seed" + (" and fold" if folds else "") + "; one draw of the set's patients for all)"
+        )
+    elif folds:
+        pooled = "every seed (the pooled out-of-fold predictions of its K folds)"
+    else:
+        pooled = "every seed (its test split)"
+    return (
+        f"Pooled paired patient bootstrap: for {pooled}, the raw and the compared model are scored on the "
+        f"same resampled patients and the difference averaged; {n_boot} resamples, 95 % percentile "
+        "interval, two-sided p = 2 × the smaller share of resampled differences on one side of 0. It covers "
+        "which patients were drawn, not retraining.\n"
+    )
+
+
+def external_intro(
+    name: str, test_sets: dict[tuple[str, str], TestSet], folder: str | None, folds: bool
+) -> str:
+    table = next(t for s in test_sets.values() for t in s.tables.values())
+    classes = ""
+    if "label" in table:
+        counts = table["label"].value_counts()
+        classes = " (" + ", ".join(f"{n} {label}" for label, n in counts.items()) + ")"
+    where = f" from `{folder}`" if folder else ""
+    return (
+        f"Every run ({'seed and fold' if folds else 'seed'}) tested its best checkpoint on all "
+        f"{len(table)} images{classes} of "
+        f"{table['patient_id'].nunique()} patients of `{name}`{where}, a set no training image comes from.\n"
+    )
+
+
+def external_interval_note(n_boot: int, binary: bool) -> str:
+    return (
+        "Each cell: the metric averaged over the runs ± its std over runs, and in brackets a 95 % "
+        f"patient-bootstrap interval: the set's patients resampled with replacement, {n_boot} resamples, "
+        "one draw shared by all runs (they saw the same images), each run's metric recomputed and averaged; "
+        "percentile interval. It covers the choice of these patients, not retraining. "
+        + THRESHOLD_NOTE
+        + _multiclass_note(binary)
+        + "\n"
+    )
+
+
+def source_note(n_boot: int) -> str:
+    return (
+        "Per `source` of the set's metadata: images, patients and the metric averaged over the runs, with "
+        f"a 95 % patient-bootstrap interval ({n_boot} resamples, patients of that source only). AUROC "
+        "needs both classes within a source (– otherwise).\n"
+    )
+
+
+def failed_jobs(failed: pd.DataFrame) -> list[str]:
+    folds = failed["fold"].notna().any()
+    header = "| Job | Backbone | Input | Seed |" + (" Fold |" if folds else "") + " Error |"
+    lines = ["## Failed jobs\n", header, "|---|---|---|---|" + ("---|" if folds else "") + "---|"]
+    for _, r in failed.iterrows():
+        fold = (" – |" if pd.isna(r["fold"]) else f" {r['fold']} |") if folds else ""
+        error = str(r.get("error", "")).replace("|", "/")[:300]
+        lines.append(f"| {r['job']} | {r['backbone']} | {r['input']} | {r['seed']} |{fold} {error} |")
+    return lines
