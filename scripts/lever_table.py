@@ -17,7 +17,7 @@ import pandas as pd
 
 from covidseg.report.collect import collect_jobs, finished
 from covidseg.report.tables import markdown_table
-from covidseg.stats import pooled_patient_bootstrap
+from covidseg.stats import bootstrap_patient_metric
 
 LEVERS = [  # (sweep prefix, input, label)
     ("recipe", "raw", "raw (baseline)"),
@@ -35,7 +35,7 @@ def cell(jobs: pd.DataFrame, predictions: str, n_boot: int) -> str:
     frames = [pd.read_csv(Path(d) / predictions) for d in jobs["dir"] if (Path(d) / predictions).is_file()]
     if not frames:
         return "–"
-    result = pooled_patient_bootstrap(frames, "auroc", n_boot=n_boot, seed=0)
+    result = bootstrap_patient_metric(frames, "auroc", n_boot=n_boot, seed=0)
     if math.isnan(result["estimate"]):
         return "–"
     return f"{result['estimate']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]"
