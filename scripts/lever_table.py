@@ -4,7 +4,8 @@
 
 Prints Markdown: per recipe, internal test and external AUROC for every backbone x input (mean over
 seeds, [95 % patient-bootstrap interval pooled over seeds]) with the validation epochs that predicted a
-single class; then the levers on resnet18. Every number is read from the sweeps' own files.
+single class; the levers on resnet18; the pooled out-of-fold AUROC of the 5-fold sweeps. Every number is
+read from the sweeps' own files.
 """
 
 from __future__ import annotations
@@ -108,6 +109,31 @@ def lever_table(out: Path, recipes: list[str], backbone: str, n_boot: int) -> st
     return markdown_table(["Recipe", "Lever", "Jobs", "Internal test AUROC", "External AUROC"], rows)
 
 
+def folds_table(out: Path, recipes: list[str], n_boot: int) -> str:
+    """Pooled out-of-fold AUROC per recipe and input: each image tested once, by a model not trained on it."""
+    rows = []
+    for recipe in recipes:
+        jobs = sweep_jobs(out, f"folds_{recipe}")
+        if jobs is None:
+            continue
+        for (backbone, input_), group in jobs.groupby(["backbone", "input"], sort=False):
+            pooled = pd.concat([pd.read_csv(Path(d) / "predictions.csv") for d in group["dir"]])
+            result = bootstrap_patient_metric(pooled, "auroc", n_boot=n_boot, seed=0)
+            rows.append(
+                [
+                    recipe,
+                    backbone,
+                    input_,
+                    len(group),
+                    len(pooled),
+                    pooled["path"].nunique(),
+                    f"{result['estimate']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]",
+                ]
+            )
+    header = ["Recipe", "Backbone", "Input", "Folds", "Images tested", "Distinct images", "Pooled AUROC"]
+    return markdown_table(header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the OUT_DIR given to scripts/levers.sh")
@@ -119,6 +145,8 @@ def main() -> None:
     print(recipe_table(args.out, args.recipes, args.n_boot))
     print(f"\n## Levers ({args.backbone})\n")
     print(lever_table(args.out, args.recipes, args.backbone, args.n_boot))
+    print("\n## Patient-level 5-fold cross-validation (pooled out-of-fold predictions)\n")
+    print(folds_table(args.out, args.recipes, args.n_boot))
 
 
 if __name__ == "__main__":
