@@ -84,8 +84,9 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 
 def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-    """A console-script `main` that composes conf/<config_name>.yaml (plus command-line overrides) and runs
-    `task` on it through run_job."""
+    """A console-script `main` that composes covidseg/conf/<config_name>.yaml (plus command-line overrides)
+    and runs `task` on it through run_job. The config path is absolute (CONF_DIR, inside the installed
+    package); users add their own config folders with --config-dir or hydra.searchpath."""
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)

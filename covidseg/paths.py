@@ -1,18 +1,59 @@
-"""Where data and caches live; every location can be overridden by an environment variable."""
+"""Where configs, data, caches and logs live; every location can be overridden by an environment variable.
+
+covidseg may run from a source checkout (`make install`, editable) or from a wheel in any site-packages,
+so only the configs are found relative to this file (they ship inside the package); data, caches and
+logs default to places that do not depend on where the package is installed.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"  # package data: a wheel carries it, so every entry point finds its configs
+_PROJECT_NAME = re.compile(r"""^name\s*=\s*["']covidseg["']""", re.MULTILINE)
+
+
+def source_checkout() -> Path | None:
+    """The repository folder when covidseg is imported from a source checkout, else None (installed wheel)."""
+    root = PACKAGE_DIR.parent
+    pyproject = root / "pyproject.toml"
+    try:
+        return root if _PROJECT_NAME.search(pyproject.read_text(encoding="utf-8")) else None
+    except OSError:  # no pyproject.toml beside the package: site-packages or a --target folder
+        return None
 
 
 def data_dir() -> Path:
-    """Folder holding the data sets (`covid-cxr/`, `lungs/`): $COVIDSEG_DATA_DIR, else ../shared/data."""
+    """Folder holding the data sets (`covid-cxr/`, `lungs/`, ...): $COVIDSEG_DATA_DIR, else `../shared/data`
+    beside a source checkout, else `data/` under the current directory."""
     env = os.environ.get("COVIDSEG_DATA_DIR")
-    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = source_checkout()
+    if checkout is not None:
+        return (checkout.parent / "shared" / "data").resolve()
+    return Path.cwd() / "data"
+
+
+def data_dir_origin() -> str:
+    """Why data_dir() is what it is, for error messages about a missing data set."""
+    if os.environ.get("COVIDSEG_DATA_DIR"):
+        return "from COVIDSEG_DATA_DIR"
+    checkout = source_checkout()
+    if checkout is not None:
+        return f"the default beside the source checkout {checkout}"
+    return "the default for an installed package: data/ under the current directory"
+
+
+def missing_data_hint() -> str:
+    """The end of every 'data set not found' message: both ways to point covidseg at the data."""
+    return (
+        f"Give data.root=<dataset folder>, or set COVIDSEG_DATA_DIR to the folder holding the data sets "
+        f"(the data folder now is {data_dir()}, {data_dir_origin()})."
+    )
 
 
 def cache_dir() -> Path:

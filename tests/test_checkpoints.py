@@ -111,7 +111,7 @@ def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
     """One epoch of one batch with the configured checkpoint callback, early stopping and CSV logger."""
     cfg.paths.output_dir = str(out)
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
-    # The segmenter's config has no early stopping; give it one like conf/callbacks/early_stopping.yaml.
+    # The segmenter config has no early stopping; add one as in covidseg/conf/callbacks/early_stopping.yaml.
     stopping = (
         instantiate(cfg.callbacks.early_stopping)
         if "early_stopping" in cfg.callbacks

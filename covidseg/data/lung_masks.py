@@ -16,6 +16,7 @@ from covidseg.data.split import DEFAULT_SPLIT_RATIOS, SPLITS, split_by_patient
 from covidseg.data.transforms import build_augmentation
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
+from covidseg.paths import missing_data_hint
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ def read_mask_manifest(root: str | Path) -> pd.DataFrame:
     csv = root / "metadata.csv"
     if not csv.is_file():
         raise UserError(
-            f"{csv} does not exist. A mask set is a folder with metadata.csv (image,mask); "
-            "set data.root or COVIDSEG_DATA_DIR."
+            f"{csv} does not exist. A mask set is a folder with metadata.csv (image,mask). "
+            f"{missing_data_hint()}"
         )
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     missing = [c for c in ("image", "mask") if c not in table.columns]

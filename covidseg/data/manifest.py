@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from covidseg.errors import UserError
+from covidseg.paths import missing_data_hint
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def load_manifest(root: str | Path) -> tuple[pd.DataFrame, ManifestReport]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(
-            f"Dataset folder {root} does not exist. Point data.root at a folder with metadata.csv "
-            "(path,label,patient_id) or with one subfolder per class, or set COVIDSEG_DATA_DIR."
+            f"Dataset folder {root} does not exist. A data set is a folder with metadata.csv "
+            f"(path,label,patient_id) or with one subfolder per class. {missing_data_hint()}"
         )
     csv = root / "metadata.csv"
     if csv.is_file():
