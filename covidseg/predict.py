@@ -31,6 +31,7 @@ from covidseg.masks import images_and_masks
 from covidseg.models.classifier import Classifier, load_classifier
 from covidseg.prediction import (
     check_classifier_checkpoint,
+    check_options,
     collect_inputs,
     prediction_datamodule,
     prediction_rows,
@@ -99,6 +100,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """predictions.csv (and overlays) for every file `inputs` names; returns a summary of the run."""
     out_dir = run_dir()
     shutil.rmtree(out_dir / "cam", ignore_errors=True)  # a re-run into this folder: no stale overlays
+    check_options(cfg.batch_size, cfg.chunk_size, cfg.num_workers, cfg.cam_method)
     check_classifier_checkpoint(cfg.ckpt_path)
     model = load_classifier(cfg.ckpt_path).eval()
     datamodule = prediction_datamodule(model, cfg.cache_dir, cfg.batch_size, cfg.segmenter.ckpt_path)

@@ -88,11 +88,20 @@ def _compressed(tmp_path, name: str, syntax) -> tuple:
     return path, pixels
 
 
-def test_compressed_transfer_syntaxes_decode(tmp_path):
-    path, pixels = _compressed(tmp_path, "rle.dcm", RLELossless)
+def test_rle_compressed_pixels_decode_exactly(tmp_path):
+    path, pixels = _compressed(tmp_path, "rle.dcm", RLELossless)  # pydicom's own encoder and decoder
     np.testing.assert_array_equal(decode(path, SIZE), pixels)
-    if not get_decoder(JPEGBaseline8Bit).is_available:
-        pytest.skip("no JPEG decoder installed (pip install 'covidseg[dicom]')")
+
+
+@pytest.mark.parametrize("plugin", ["pylibjpeg", "pillow"])
+def test_jpeg_compressed_pixels_decode_through_each_installed_plugin(tmp_path, monkeypatch, plugin):
+    if plugin == "pylibjpeg":
+        pytest.importorskip("pylibjpeg")
+        pytest.importorskip("libjpeg")  # pylibjpeg-libjpeg, the `dicom` extra
+    decoder = get_decoder(JPEGBaseline8Bit)
+    if plugin not in decoder.available_plugins:
+        pytest.skip(f"pydicom's {plugin} JPEG plugin is not available here")
+    monkeypatch.setattr(decoder, "_available", {plugin: decoder._available[plugin]})  # only this one
     path, pixels = _compressed(tmp_path, "jpeg.dcm", JPEGBaseline8Bit)
     assert np.abs(decode(path, SIZE).astype(int) - pixels).mean() < 2  # lossy, but the same picture
 

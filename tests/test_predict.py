@@ -14,7 +14,12 @@ from covidseg.data.images import file_digest
 from covidseg.errors import UserError
 from covidseg.masks import trained_mask_source
 from covidseg.models.segmenter import Segmenter
-from covidseg.prediction import check_classifier_checkpoint, collect_inputs, predicted_classes
+from covidseg.prediction import (
+    check_classifier_checkpoint,
+    check_options,
+    collect_inputs,
+    predicted_classes,
+)
 from tests.conftest import run_cli
 from tests.dicom_files import write_dicom
 
@@ -70,6 +75,14 @@ def test_predicted_class_uses_the_study_threshold_for_two_classes_and_argmax_for
     assert predicted_classes(probs, ["normal", "covid"]) == (["normal", "covid", "normal"], 0.5)
     three = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
     assert predicted_classes(three, ["a", "b", "c"]) == (["c", "a"], "argmax")
+
+
+def test_bad_options_name_the_option_and_a_good_value():
+    check_options(64, 1024, 0, "gradcam++")
+    with pytest.raises(UserError, match=r"batch_size must be an integer >= 1, got 0. Set e.g. batch_size=1"):
+        check_options(0, 1024, 0, "gradcam")
+    with pytest.raises(UserError, match=r"cam_method must be one of \['gradcam', 'gradcam\+\+'\]"):
+        check_options(64, 1024, 0, "scorecam")
 
 
 # -- the checkpoint and its segmenter ---------------------------------------------------------------
