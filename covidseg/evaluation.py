@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.lung_masks import LungMaskDataModule
 from covidseg.errors import UserError
-from covidseg.masks import MaskSource, mask_source
+from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.metrics import METRIC_NAMES
 from covidseg.models.classifier import Classifier
 from covidseg.models.segmenter import Segmenter
@@ -112,12 +112,12 @@ def evaluation_datamodule(
     """The training run's preprocessing (size, normalisation, input mode) on the data asked for.
 
     Masks come from `masks` if given (a training run's own), else from the segmenter the classifier was
-    trained with (`segmenter_ckpt` overrides its path)."""
+    trained with (`segmenter_ckpt` overrides its path; a missing or changed segmenter is refused)."""
     trained = dict(model.hparams.data_config or {})
     if data.split != "all" and not data.split_file:
         raise UserError(f"data.split={data.split} needs data.split_file (e.g. <train run>/splits.csv).")
     if masks is None:
-        masks = mask_source(
+        masks = trained_mask_source(
             trained.get("segmenter") or {}, data.cache_dir, trained.get("input", "raw"), segmenter_ckpt
         )
     return CXRDataModule.from_record(

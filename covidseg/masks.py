@@ -24,6 +24,7 @@ import torch
 
 from covidseg.data.images import ImageCache, atomic_save, file_digest
 from covidseg.data.transforms import resize_mask
+from covidseg.errors import UserError
 from covidseg.models.segmenter import load_segmenter
 from covidseg.plots import overlay_grid
 
@@ -199,3 +200,36 @@ def mask_source(
     if optional and input_mode == "raw" and not Path(path).is_file():
         return None
     return MaskSource(path, cache_dir, **settings)
+
+
+def trained_mask_source(
+    record: Mapping[str, Any], cache_dir: str | Path, input_mode: str, ckpt_path: str | None = None
+) -> MaskSource | None:
+    """The segmenter a classifier was trained with, from its record (the checkpoint's
+    data_config["segmenter"]); None for raw input. `ckpt_path` points to a copy kept elsewhere.
+
+    A missing file, or one whose SHA-1 differs from the one recorded at training, is a UserError: other
+    masks would silently give other predictions. Records written before the SHA-1 was kept only warn.
+    """
+    if input_mode == "raw":
+        return None
+    trained_with = record.get("ckpt_path")
+    recorded = record.get("sha1")
+    path = Path(ckpt_path or trained_with or "")
+    fix = "Give segmenter.ckpt_path=<the segmenter the classifier was trained with>."
+    if not path.is_file():
+        raise UserError(
+            f"The classifier was trained on data.input={input_mode} with lung masks from {trained_with} "
+            f"(SHA-1 {recorded or 'not recorded'}); segmenter checkpoint {path} does not exist. {fix}"
+        )
+    digest = file_digest(path)
+    if recorded is None:
+        log.warning(
+            "Cannot check that %s is the segmenter the classifier was trained with (no SHA-1 recorded)", path
+        )
+    elif digest != recorded:
+        raise UserError(
+            f"Segmenter {path} (SHA-1 {digest}) is not the one the classifier was trained with "
+            f"({trained_with}, SHA-1 {recorded}): its masks, and so the predictions, would differ. {fix}"
+        )
+    return mask_source(record, cache_dir, input_mode, str(path))

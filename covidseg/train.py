@@ -40,6 +40,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     data_config.pop("_target_")  # a plain record in the checkpoint, not something to instantiate
     data_config["segmenter"] = OmegaConf.to_container(cfg.segmenter, resolve=True)
+    if masks is not None:  # covidseg-predict refuses another segmenter: its masks would differ
+        data_config["segmenter"]["sha1"] = masks.ckpt_digest
     # Re-seed: building the mask source (segmented input only) consumed random numbers, and runs that
     # differ only in input must start from the same weights and batch order to be paired by seed.
     L.seed_everything(cfg.seed, workers=True)

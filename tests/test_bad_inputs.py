@@ -172,7 +172,7 @@ def test_broken_metadata_csv_names_the_file_and_the_fix(tmp_path, case):
 def test_class_folders_count_and_name_unsupported_files_and_ignore_hidden_ones(tmp_path, caplog):
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     (data / "metadata.csv").unlink()
-    for name in ("covid/a.dcm", "covid/b.DCM", "normal/notes.txt"):
+    for name in ("covid/a.nii", "covid/b.NII", "normal/notes.txt"):
         (data / name).write_bytes(b"x")
     for name in ("covid/.DS_Store", "covid/._0.png", "normal/.ipynb_checkpoints/9.png"):
         (data / name).parent.mkdir(exist_ok=True)
@@ -181,12 +181,12 @@ def test_class_folders_count_and_name_unsupported_files_and_ignore_hidden_ones(t
     with caplog.at_level(logging.WARNING):
         table, report = load_manifest(data)
     assert len(table) == 40
-    assert report.unsupported_files == {".dcm": 2, ".txt": 1} and report.files_outside_class_folders == 1
+    assert report.unsupported_files == {".nii": 2, ".txt": 1} and report.files_outside_class_folders == 1
     warned = _warnings(caplog)
-    assert "covid/a.dcm" in warned and "{'.dcm': 2, '.txt': 1}" in warned and "loose.png" in warned
+    assert "covid/a.nii" in warned and "{'.nii': 2, '.txt': 1}" in warned and "loose.png" in warned
     dm = _datamodule(data, tmp_path)
     dm.setup()
-    assert dm.stats["unsupported_files"] == {".dcm": 2, ".txt": 1} and dm.stats["n_unsupported_files"] == 3
+    assert dm.stats["unsupported_files"] == {".nii": 2, ".txt": 1} and dm.stats["n_unsupported_files"] == 3
 
 
 def test_unknown_labels_dropped_are_a_warning_with_examples_and_counted(tmp_path, caplog):
@@ -408,6 +408,7 @@ def test_good_configs_and_a_split_file_pass():
         ("train_segmenter", []),
         ("eval", ["ckpt_path=x.ckpt"]),
         ("eval_segmenter", ["ckpt_path=x.ckpt"]),
+        ("predict", ["ckpt_path=x.ckpt", "inputs=scans/"]),
     ],
 )
 def test_the_shipped_configs_pass(config, overrides, tmp_path):

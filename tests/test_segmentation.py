@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from covidseg.checkpoints import read_checkpoint
 from covidseg.data.transforms import apply_masks, lung_box
 from covidseg.errors import UserError
 from covidseg.masks import MaskSource
@@ -156,7 +157,9 @@ def test_mask_cache_second_pass_runs_no_network_and_new_checkpoint_misses(
 
 
 @pytest.mark.slow
-def test_classifier_trains_on_segmented_input(tiny_segmenter, tmp_path):
+def test_classifier_trains_on_segmented_input_and_predicts_with_its_segmenter(
+    tiny_segmenter, covid_cxr, tmp_path
+):
     run = tmp_path / "run"
     run_cli(
         "covidseg-train",
@@ -177,6 +180,23 @@ def test_classifier_trains_on_segmented_input(tiny_segmenter, tmp_path):
     stats = pd.read_csv(run / "mask_stats.csv")
     assert len(stats) == metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
     assert stats["lung_area_fraction"].between(0, 1).all() and (run / "masks_overview.png").is_file()
+    # covidseg-predict brings the recorded segmenter along (checked by SHA-1) and shows the lung masks
+    best = run / "checkpoints" / "best.ckpt"
+    record = read_checkpoint(best, "")["hyper_parameters"]["data_config"]["segmenter"]
+    assert record["sha1"] == metrics["segmenter_sha1"]
+    images = pd.read_csv(covid_cxr / "metadata.csv")["path"].iloc[:3]
+    (tmp_path / "new.csv").write_text("path\n" + "\n".join(str(covid_cxr / p) for p in images) + "\n")
+    out = tmp_path / "predict"
+    run_cli(
+        "covidseg-predict",
+        f"ckpt_path={best}",
+        f"inputs={tmp_path}/new.csv",
+        "cam=true",
+        f"hydra.run.dir={out}",
+    )
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert predictions["prob_covid"].between(0, 1).all() and predictions["error"].isna().all()
+    assert len(list((out / "cam").glob("*.png"))) == 3
 
 
 def test_missing_segmenter_checkpoint_says_how_to_make_one(tmp_path):

@@ -278,6 +278,22 @@ class CXRDataModule(ArrayDataModule):
             out_size=self.image_size,
         )
 
+    def prediction_inputs(self, files: Sequence[str]) -> tuple[pd.DataFrame, ArrayDataset]:
+        """Image files outside any data set (covidseg-predict), prepared as `setup` prepares a data set's.
+
+        Returns one row per file (file, digest, error: why an unreadable file was skipped, else None) and
+        the model inputs of the readable files, in order (targets are placeholders)."""
+        cache = self._image_cache()
+        images, digests, skipped = cache.load_many(list(files), "skip")
+        table = pd.DataFrame({"file": list(files), "digest": None, "error": None}, dtype=object)
+        table.loc[skipped, "error"] = cache.skipped_problems
+        readable = table.index[table["error"].isna()]
+        table.loc[readable, "digest"] = digests
+        if self.input != "raw" and len(readable):
+            images = self._apply_masks(images, list(table.loc[readable, "file"]), digests)
+        targets = np.zeros(len(images), dtype=np.int64)
+        return table, ArrayDataset(images, targets, self.mean, self.std)
+
     # -- what the model and entry points need -----------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
         targets = self.datasets[split].targets

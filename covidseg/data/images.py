@@ -1,4 +1,4 @@
-"""Decode any chest X-ray PIL can read into one convention, once, and cache the result on disk.
+"""Decode any chest X-ray PIL or pydicom can read into one convention, once, and cache the result on disk.
 
 Convention: a square `size x size` uint8 grayscale array (0 = black), stretched (not padded) to the
 square with area-averaging ("box") resampling.
@@ -6,6 +6,8 @@ square with area-averaging ("box") resampling.
   pixels are composited onto black.
 - 16/32-bit integer or float grayscale ('I;16', 'I', 'F') -> linearly rescaled from the image's own
   min..max to 0..255 (X-ray PNGs rarely use their full bit depth).
+- DICOM (the 'DICM' marker or a .dcm/.dicom suffix) -> covidseg.data.dicom: modality and VOI LUT
+  (windowing) as a viewer applies them, MONOCHROME1 inverted, compressed syntaxes through pydicom's plugins.
 
 The cache key is the SHA-1 of the file's bytes plus the size and the intensity preprocessing
 (covidseg.data.intensity: plain images under `images/<size>/`, equalised ones under
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from covidseg.data import intensity
+from covidseg.data import dicom, intensity
 from covidseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ FIX = "Replace or remove the file, or set data.on_bad_image=skip."
 
 
 class BadImage(UserError):
-    """An image file covidseg refuses; `reason` (unreadable, too_small, too_large) is counted in skip mode."""
+    """An image file covidseg refuses; `reason` (unreadable, too_small, too_large, no_decoder) is counted in
+    skip mode."""
 
     def __init__(self, problem: str, reason: str, fix: str = FIX):
         super().__init__(f"{problem} {fix}")
@@ -94,6 +97,35 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
         raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
 
 
+@contextmanager
+def dicom_refusals() -> Iterator[None]:
+    """covidseg.data.dicom's refusals as BadImage, so DICOM files are skipped and counted like the rest."""
+    try:
+        yield
+    except dicom.DicomRefused as err:
+        raise BadImage(err.problem, err.reason, err.fix or FIX) from err
+
+
+def check_image(path: str | Path, data: bytes, min_side: int = 0) -> None:
+    """The header checks alone (format readable, size within limits); the pixels are not decoded."""
+    if dicom.is_dicom(path, data):
+        with dicom_refusals():
+            dicom.check_header(path, data, min_side)
+        return
+    with open_checked(path, data, min_side):
+        pass
+
+
+def full_resolution(path: str | Path, data: bytes, min_side: int = 0) -> np.ndarray:
+    """The file's pixels as a uint8 grayscale array at its own size, by the module docstring's rules."""
+    if dicom.is_dicom(path, data):
+        with dicom_refusals():
+            return dicom.to_grayscale_uint8(path, data, min_side)
+    with open_checked(path, data, min_side) as image:
+        image.load()
+        return to_grayscale_uint8(image)
+
+
 def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
     """Full-resolution uint8 grayscale array following the convention in the module docstring."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -111,9 +143,7 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
 def decode(path: str | Path, size: int, min_side: int = 0, data: bytes | None = None) -> np.ndarray:
     """Read one image file (or its bytes, if given) and return it as a (size, size) uint8 array."""
     data = read_image_bytes(path) if data is None else data
-    with open_checked(path, data, min_side) as image:
-        image.load()
-        gray = to_grayscale_uint8(image)
+    gray = full_resolution(path, data, min_side)
     resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BOX)
     return np.asarray(resized, dtype=np.uint8)
 
@@ -156,13 +186,13 @@ class ImageCache:
         self.hits = 0
         self.misses = 0
         self.skip_reasons: Counter[str] = Counter()  # load_many in skip mode: {reason: count}
+        self.skipped_problems: list[str] = []  # load_many in skip mode: what was wrong, one per skipped file
 
     def load(self, path: str | Path) -> tuple[np.ndarray, str]:
         """The cached array for one image file and the file's content digest."""
         data = read_image_bytes(path)
         digest = hashlib.sha1(data).hexdigest()
-        with open_checked(path, data, self.min_side):
-            pass  # header checks only: a cache hit must not bypass them
+        check_image(path, data, self.min_side)  # header checks only: a cache hit must not bypass them
         cached = self.folder / digest[:2] / f"{digest}.npy"
         if cached.is_file():
             try:
@@ -184,7 +214,7 @@ class ImageCache:
         """Stack of arrays for `paths`, their digests, and the indices of refused files skipped.
 
         on_bad_image: `error` stops at the first refused file; `skip` leaves it out, logs it and counts
-        its reason in `skip_reasons`.
+        its reason in `skip_reasons` and its problem in `skipped_problems`.
         """
         if on_bad_image not in ("error", "skip"):
             raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
@@ -198,6 +228,7 @@ class ImageCache:
                 level = logging.WARNING if len(skipped) < SKIP_LOG_LIMIT else logging.DEBUG
                 log.log(level, "Skipping image (data.on_bad_image=skip): %s", err.problem)
                 self.skip_reasons[err.reason] += 1
+                self.skipped_problems.append(err.problem)
                 skipped.append(i)
                 continue
             arrays.append(array)

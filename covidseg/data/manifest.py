@@ -9,7 +9,7 @@ Every check of the table happens here, before any image is decoded:
 - relative paths must stay inside the dataset folder (`../x.png` is refused). Absolute paths are
   accepted on purpose, so a CSV can list images kept elsewhere;
 - an image listed twice (also as `a/./b.png` vs `a/b.png`, or with two labels) is refused;
-- class folders: files with unsupported suffixes (e.g. .dcm) are counted and named in a warning,
+- class folders: files with unsupported suffixes (e.g. .txt) are counted and named in a warning,
   hidden files (.DS_Store, ._x.png, .ipynb_checkpoints/) are ignored.
 """
 
@@ -26,13 +26,14 @@ from typing import Any
 
 import pandas as pd
 
+from covidseg.data.dicom import DICOM_SUFFIXES
 from covidseg.errors import UserError
 from covidseg.paths import missing_data_hint
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES}
 EXAMPLES = 3  # how many example paths/lines a message names
 
 
@@ -224,7 +225,7 @@ def _scan_class_folders(root: Path, report: ManifestReport) -> pd.DataFrame:
         report.unsupported_files = dict(sorted(suffixes.items()))
         log.warning(
             "%s: ignored %d file(s) with unsupported suffixes %s in the class folders, e.g. %s. "
-            "covidseg reads %s; convert those files (e.g. DICOM to PNG) to use them.",
+            "covidseg reads %s; convert those files (e.g. to PNG) to use them.",
             root,
             len(unsupported),
             report.unsupported_files,

@@ -201,6 +201,11 @@ class Classifier(BaseTask):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test", self.test_metrics)
 
+    def predict_step(self, batch, batch_idx):
+        """(N, num_classes) class probabilities of a batch of images, or of (images, targets) pairs."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.probabilities(self(x))
+
     def on_test_epoch_start(self) -> None:
         self.test_outputs = []
         self.test_confusion.reset()

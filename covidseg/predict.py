@@ -1,0 +1,150 @@
+"""covidseg-predict: class probabilities of new images from a trained classifier (no labels needed).
+
+covidseg-predict ckpt_path=<train run>/checkpoints/best.ckpt inputs=<file | folder | glob | csv> [cam=true]
+
+Run directory: predictions.csv (path, prob_<class>..., predicted, threshold, [cam], error) and, with
+cam=true, cam/<row>_<name>.png per image. Unreadable files get a row with the reason in `error`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.progress import Progress
+from torch.utils.data import DataLoader
+
+from covidseg.cli import hydra_entry, run_dir
+from covidseg.data.datamodule import CXRDataModule
+from covidseg.data.datasets import ArrayDataset
+from covidseg.errors import UserError
+from covidseg.explain import cam_maps
+from covidseg.masks import images_and_masks
+from covidseg.models.classifier import Classifier, load_classifier
+from covidseg.prediction import (
+    check_classifier_checkpoint,
+    check_options,
+    collect_inputs,
+    prediction_datamodule,
+    prediction_rows,
+    save_overlay,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Advance(L.Callback):
+    """Moves the progress bar by each predicted batch."""
+
+    def __init__(self, progress: Progress, task: Any):
+        self.progress, self.task = progress, task
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.progress.advance(self.task, len(outputs))
+
+
+def _probabilities(
+    trainer: L.Trainer, model: Classifier, dataset: ArrayDataset, cfg: DictConfig
+) -> np.ndarray:
+    if len(dataset) == 0:
+        return np.zeros((0, len(model.class_names)), np.float32)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    batches = trainer.predict(model, dataloaders=loader)
+    return torch.cat(batches).float().cpu().numpy()
+
+
+def _overlays(
+    model: Classifier,
+    datamodule: CXRDataModule,
+    table: pd.DataFrame,
+    dataset: ArrayDataset,
+    rows: pd.DataFrame,
+    cfg: DictConfig,
+    device: torch.device,
+) -> list[str | None]:
+    """Write one overlay per readable file of a chunk; their paths (relative to the run dir), None else."""
+    out, names = run_dir() / "cam", [None] * len(rows)
+    out.mkdir(exist_ok=True)
+    readable = np.flatnonzero(table["error"].isna().to_numpy())
+    seen = dataset.images[:, 0].numpy()
+    if datamodule.masks is not None and len(readable):
+        images, lungs = images_and_masks(datamodule.masks, datamodule, table.iloc[readable])
+    else:
+        images, lungs = seen, None
+    model.to(device)
+    for start in range(0, len(readable), cfg.batch_size):
+        batch = range(start, min(start + cfg.batch_size, len(readable)))
+        x = torch.stack([dataset[i][0] for i in batch])
+        cams = cam_maps(model.net, x, target_class=None, method=cfg.cam_method, binary=model.binary)
+        for i, cam in zip(batch, cams):
+            row = rows.iloc[readable[i]]
+            name = f"cam/{row.name:05d}_{Path(row['path']).stem[:60]}.png"
+            prob = row[f"prob_{row['predicted']}"]
+            title = f"{Path(row['path']).name[:70]}\npredicted {row['predicted']} (p={prob:.3f})"
+            save_overlay(
+                run_dir() / name, images[i], None if lungs is None else lungs[i], seen[i], cam, title
+            )
+            names[readable[i]] = name
+    return names
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """predictions.csv (and overlays) for every file `inputs` names; returns a summary of the run."""
+    out_dir = run_dir()
+    shutil.rmtree(out_dir / "cam", ignore_errors=True)  # a re-run into this folder: no stale overlays
+    check_options(cfg.batch_size, cfg.chunk_size, cfg.num_workers, cfg.cam_method)
+    check_classifier_checkpoint(cfg.ckpt_path)
+    model = load_classifier(cfg.ckpt_path).eval()
+    datamodule = prediction_datamodule(model, cfg.cache_dir, cfg.batch_size, cfg.segmenter.ckpt_path)
+    files, shown = collect_inputs(str(cfg.inputs))
+    log.info("Predicting %d file(s) with %s (input: %s)", len(files), cfg.ckpt_path, datamodule.input)
+    parts = []
+    with Progress(transient=False) as progress:
+        task = progress.add_task("Predicting", total=len(files))
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[_Advance(progress, task)])
+        for start in range(0, len(files), cfg.chunk_size):
+            chunk = slice(start, start + cfg.chunk_size)
+            table, dataset = datamodule.prediction_inputs(files[chunk])
+            table.index += start
+            progress.advance(task, int(table["error"].notna().sum()))
+            probs = _probabilities(trainer, model, dataset, cfg)
+            rows = prediction_rows(shown[chunk], table, probs, model.class_names).set_index(table.index)
+            if cfg.cam:
+                device = trainer.strategy.root_device
+                rows.insert(
+                    len(rows.columns) - 1,
+                    "cam",
+                    _overlays(model, datamodule, table, dataset, rows, cfg, device),
+                )
+            parts.append(rows)
+    predictions = pd.concat(parts)
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    errors = predictions["error"].notna()
+    if errors.all():
+        raise UserError(
+            f"None of the {len(files)} file(s) from inputs={cfg.inputs} is a readable image, e.g. "
+            f"{predictions['error'].iloc[0]} (each file's problem is in {out_dir / 'predictions.csv'})"
+        )
+    if errors.any():
+        log.warning(
+            "%d of %d file(s) could not be read and were skipped (see the error column)",
+            errors.sum(),
+            len(files),
+        )
+    counts = predictions.loc[~errors, "predicted"].value_counts().to_dict()
+    log.info("Predicted %s; wrote %s", counts, out_dir / "predictions.csv")
+    return {"n": len(files), "n_errors": int(errors.sum()), "predicted": counts}
+
+
+main = hydra_entry("predict", predict)
+
+if __name__ == "__main__":
+    main()
