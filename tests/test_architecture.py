@@ -13,6 +13,7 @@ ENTRY_POINTS = {
     "covidseg.eval",
     "covidseg.train_segmenter",
     "covidseg.eval_segmenter",
+    "covidseg.export",
     "covidseg.report.build",
 }
 # What each layer may import from covidseg (besides itself); anything else is an upward import.
