@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from covidseg.cli import hydra_entry, run_dir
 from covidseg.data.images import file_digest
 from covidseg.deployment import export_network
+from covidseg.errors import UserError
 from covidseg.export_record import build_record
 from covidseg.masks import MaskSource, mask_source
 from covidseg.models.classifier import load_classifier
@@ -40,11 +41,16 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(cfg.ckpt_path)
     model = load_classifier(ckpt).eval()
     record = dict(model.hparams.data_config or {})
+    if "image_size" not in record:
+        raise UserError(
+            f"{ckpt} records no data config (image size, normalisation, input mode), so its preprocessing "
+            "is unknown. Export a checkpoint written by covidseg-train."
+        )
     # Before any export: a missing segmenter must stop the job before it writes half a deployment.
     masks = segmenter_masks(record, cfg.paths.cache_dir, cfg.segmenter.ckpt_path)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = int(record.get("image_size", 224))
+    size = int(record["image_size"])
     log.info("Exporting classifier %s (%s, %d px) to %s", ckpt, model.hparams.backbone, size, out_dir)
     classifier = export_network(model.net, size, out_dir, "classifier", "logits")
     segmenter = None
