@@ -13,10 +13,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from covidseg.config_checks import check_config
 from covidseg.errors import UserError
+from covidseg.objective import check_optimized_metric, failed_value
 from covidseg.paths import CONF_DIR, register_resolvers
 
 log = logging.getLogger("covidseg")
@@ -61,10 +62,12 @@ def clear_stale_outputs(folder: Path) -> None:
 
 
 def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run one job. A UserError ends a single run with its message (exit 2), no traceback.
+    """Run one job and return what `task` returns (a sweeper's objective). A UserError ends a single run
+    with its message (exit 2), no traceback.
 
-    In a multirun, any failure is written to `<job dir>/failed.json` (error + traceback) and the
-    sweep goes on with the next job; `covidseg-report` lists failed jobs.
+    In a multirun, any failure is written to `<job dir>/failed.json` (error + traceback), the job returns
+    the worst value of an Optuna study's direction (covidseg.objective.failed_value; None for other
+    sweepers) and the sweep goes on with the next job; `covidseg-report` lists failed jobs.
     """
     clear_stale_outputs(run_dir())
     try:
@@ -80,13 +83,14 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         record = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         (run_dir() / FAILED_FILE).write_text(json.dumps(record, indent=2))
         log.error("Job failed, sweep continues (details in %s): %s", run_dir() / FAILED_FILE, record["error"])
-        return None
+        return failed_value()
 
 
 def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     """A console-script `main` that composes covidseg/conf/<config_name>.yaml (plus command-line overrides)
-    and runs `task` on it through run_job. The config path is absolute (CONF_DIR, inside the installed
-    package); users add their own config folders with --config-dir or hydra.searchpath."""
+    and runs `task` on it through run_job; the task's return value is the job's return value for Hydra's
+    sweeper. The config path is absolute (CONF_DIR, inside the installed package); users add their own
+    config folders with --config-dir or hydra.searchpath."""
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
@@ -96,24 +100,60 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
     return main
 
 
+OPTUNA_RESULTS = "optimization_results.yaml"  # written by the Optuna sweeper at the end of a study
+
+
 class SweepSummary(Callback):
     """Ends a multirun with one line per failed job and a count, and exits 1 if any job failed.
+
+    An Optuna study is the exception: a failed trial is one of its results (e.g. a backbone that does not
+    fit in memory), reported to Optuna as the worst value, so a study that finished exits 0 with its failed
+    trials listed and its best value; only a study in which every trial failed exits 1.
 
     Jobs record their own outcome (metrics.json or failed.json), so this also works with launchers
     that run jobs in other processes or on other machines sharing the sweep folder.
     """
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check what an Optuna study optimises once, before its first trial, instead of in every trial."""
+        if not _is_optuna(config) or "optimized_metric" not in config:
+            return
+        try:
+            check_optimized_metric(config, OmegaConf.select(config, "hydra.sweeper.direction"))
+        except UserError as err:
+            log.error("%s", err)
+            raise SystemExit(2) from None
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         jobs = sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda p: (len(p.name), p.name))
         failed = {job.name: _failure(job) for job in jobs if not (job / "metrics.json").is_file()}
+        study = _is_optuna(config)
+        kind = "Optuna study" if study else "Sweep"
+        unit = "trial(s)" if study else "job(s)"
         print(
-            f"Sweep {sweep}: {len(jobs) - len(failed)} of {len(jobs)} job(s) finished, {len(failed)} failed."
+            f"{kind} {sweep}: {len(jobs) - len(failed)} of {len(jobs)} {unit} finished, {len(failed)} failed."
         )
         for name, why in failed.items():
             print(f"  job {name} failed: {why}")
-        if failed:
+        if study and len(failed) < len(jobs):
+            _print_best(sweep / OPTUNA_RESULTS)
+        elif failed:
             raise SystemExit(1)
+
+
+def _is_optuna(config: DictConfig) -> bool:
+    return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()
+
+
+def _print_best(results: Path) -> None:
+    if not results.is_file():
+        print(f"  no {results} (the study did not finish)")
+        raise SystemExit(1)
+    best = OmegaConf.load(results)
+    if "best_value" in best:
+        print(f"  best value {best.best_value} with {OmegaConf.to_container(best.best_params)}")
+    print(f"  results: {results}")
 
 
 def _failure(job: Path) -> str:

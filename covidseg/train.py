@@ -19,6 +19,7 @@ from covidseg.data.datamodule import CXRDataModule
 from covidseg.evaluation import test_and_write, test_external
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
+from covidseg.objective import check_optimized_metric, objective
 from covidseg.training import fit_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = run_dir()
     (out_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     check_backbone(cfg.model.backbone)
+    check_optimized_metric(cfg)
     L.seed_everything(cfg.seed, workers=True)
     masks = mask_source(cfg.segmenter, cfg.paths.cache_dir, cfg.data.input)
     datamodule: CXRDataModule = instantiate(cfg.data, masks=masks)
@@ -72,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "accelerator": type(trainer.accelerator).__name__,
             "recipe": cfg.recipe_name,
             "val/single_class_epochs": model.single_class_epochs,
+            "optimized_metric": cfg.get("optimized_metric"),
         }
         if datamodule.external:
             extra.update(test_external(trainer, model, datamodule, out_dir, best))
@@ -85,7 +88,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-main = hydra_entry("train", train)
+def train_objective(cfg: DictConfig) -> float | None:
+    """What a sweeper sees of a run: its `optimized_metric` (covidseg.objective)."""
+    return objective(train(cfg), cfg.get("optimized_metric"))
+
+
+main = hydra_entry("train", train_objective)
 
 if __name__ == "__main__":
     main()

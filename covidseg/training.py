@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from covidseg.checkpoints import read_checkpoint
@@ -18,6 +19,21 @@ from covidseg.tracking import finish_wandb
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Every entry of a config group that has a `_target_` (callbacks, loggers), built."""
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+VAL_SCORES_KEY = "covidseg_val_scores"  # in every checkpoint: the validation scores of its epoch
+
+
+class ValidationScores(Callback):
+    """Stores the latest validation scores (val/*) in every checkpoint written, so the scores of the epoch
+    kept as best.ckpt can be read back after fit, whatever metric chose it and whatever loggers ran."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[VAL_SCORES_KEY] = val_scores(trainer.callback_metrics)
+
+
+def val_scores(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
 
 def fit_and_evaluate(
@@ -30,6 +46,9 @@ def fit_and_evaluate(
 ) -> dict[str, Any]:
     """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
 
+    fit_info holds best_epoch, epochs_run, best_ckpt, train_seconds and the validation scores (val/*) of the
+    best checkpoint's epoch (of the last validation when no checkpoint was kept, e.g. fast_dev_run).
+
     Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
     Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
     """
@@ -40,7 +59,9 @@ def fit_and_evaluate(
     failed = True
     try:
         trainer: L.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks)
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=[*instantiate_all(cfg.callbacks), ValidationScores()],
         )
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -48,13 +69,13 @@ def fit_and_evaluate(
         trainer.fit(model, datamodule=datamodule)
         seconds = time.perf_counter() - start
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        kept = read_checkpoint(best, "This run just wrote it.") if best else {}
         fit_info = {
-            "best_epoch": int(read_checkpoint(best, "This run just wrote it.")["epoch"])
-            if best
-            else trainer.current_epoch,
+            "best_epoch": int(kept["epoch"]) if best else trainer.current_epoch,
             "epochs_run": 1 if trainer.fast_dev_run else trainer.current_epoch,
             "best_ckpt": best,
             "train_seconds": round(seconds, 2),
+            **kept.get(VAL_SCORES_KEY, val_scores(trainer.callback_metrics)),
         }
         if trainer.world_size > 1:
             # Test on one device: under DDP a DistributedSampler would split (and pad) the test set.

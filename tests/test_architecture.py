@@ -14,6 +14,7 @@ ENTRY_POINTS = {
     "covidseg.train_segmenter",
     "covidseg.eval_segmenter",
     "covidseg.predict",
+    "covidseg.export",
     "covidseg.report.build",
 }
 # What each layer may import from covidseg (besides itself); anything else is an upward import.

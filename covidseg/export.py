@@ -1,0 +1,76 @@
+"""covidseg-export: a trained classifier (and, for segmented input, its segmenter) as ONNX and TorchScript.
+
+Writes into its run directory (or out_dir): classifier.onnx, classifier.torchscript.pt, for segmented-input
+checkpoints segmenter.onnx and segmenter.torchscript.pt, and preprocessing.json (what to do to an image
+before the networks and with their outputs after; covidseg.export_record). Each exported file is checked
+against PyTorch on random batches; the largest differences are in preprocessing.json under `checks`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from covidseg.cli import hydra_entry, run_dir
+from covidseg.data.images import file_digest
+from covidseg.deployment import export_network
+from covidseg.errors import UserError
+from covidseg.export_record import build_record
+from covidseg.masks import MaskSource, trained_mask_source
+from covidseg.models.classifier import load_classifier
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "preprocessing.json"
+
+
+def segmenter_masks(record: dict[str, Any], cache_dir: str, override: str | None) -> MaskSource | None:
+    """The segmenter (and mask settings) a checkpoint was trained with, on CPU; None for raw input.
+    `override` (segmenter.ckpt_path) replaces the recorded path, e.g. after moving the run folders; a
+    missing segmenter, or one other than the recorded SHA-1, is refused."""
+    masks = trained_mask_source(
+        record.get("segmenter") or {}, cache_dir, record.get("input", "raw"), override
+    )
+    if masks is not None:
+        masks.model.cpu().eval()
+    return masks
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    ckpt = Path(cfg.ckpt_path)
+    model = load_classifier(ckpt).eval()
+    record = dict(model.hparams.data_config or {})
+    if "image_size" not in record:
+        raise UserError(
+            f"{ckpt} records no data config (image size, normalisation, input mode), so its preprocessing "
+            "is unknown. Export a checkpoint written by covidseg-train."
+        )
+    # Before any export: a missing segmenter must stop the job before it writes half a deployment.
+    masks = segmenter_masks(record, cfg.paths.cache_dir, cfg.segmenter.ckpt_path)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = int(record["image_size"])
+    log.info("Exporting classifier %s (%s, %d px) to %s", ckpt, model.hparams.backbone, size, out_dir)
+    classifier = export_network(model.net, size, out_dir, "classifier", "logits")
+    segmenter = None
+    if masks is not None:
+        log.info("Exporting segmenter %s (%d px)", masks.ckpt_path, masks.image_size)
+        segmenter = export_network(masks.model.net, masks.image_size, out_dir, "segmenter", "lung_logits")
+    content = build_record(model, ckpt, file_digest(ckpt), classifier, masks, segmenter)
+    (out_dir / RECORD_FILE).write_text(json.dumps(content, indent=2))
+    checks = {
+        name: part["checks"] for name, part in (("classifier", classifier), ("segmenter", segmenter)) if part
+    }
+    log.info("Largest differences to PyTorch on random batches: %s", checks)
+    log.info("Wrote %s", out_dir / RECORD_FILE)
+    return {"out_dir": str(out_dir), "checks": checks}
+
+
+main = hydra_entry("export", export)
+
+if __name__ == "__main__":
+    main()
