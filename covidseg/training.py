@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.checkpoints import read_checkpoint
+from covidseg.checkpoints import read_checkpoint, safe_loading
+from covidseg.resume_state import ResumableState, keep_csv_history
 from covidseg.tracking import finish_wandb
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Every entry of a config group that has a `_target_` (callbacks, loggers), built."""
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def best_checkpoint_callback(trainer: L.Trainer) -> Checkpoint | None:
+    """The checkpoint callback that chooses best.ckpt: the first with a monitor (callbacks.last_checkpoint
+    has none, it keeps the latest epoch)."""
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    return monitored[0] if monitored else trainer.checkpoint_callback
 
 
 def fit_and_evaluate(
@@ -27,12 +37,18 @@ def fit_and_evaluate(
     group: str | None,
     tags: list[str],
     evaluate: Callable[[L.Trainer, str | None, dict[str, Any]], dict[str, Any]],
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
 
     Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
     Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
+    `resume_from`: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
+    (covidseg.resume_state.ResumableState).
     """
+    resumed_at = None
+    if resume_from is not None:
+        resumed_at = int(read_checkpoint(resume_from, "Start a new run without resume=true.")["epoch"]) + 1
     if "wandb" in (cfg.logger or {}):
         cfg.logger.wandb.group = group
         cfg.logger.wandb.tags = [*cfg.tags, *tags]
@@ -40,14 +56,20 @@ def fit_and_evaluate(
     failed = True
     try:
         trainer: L.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks)
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=[*instantiate_all(cfg.callbacks), ResumableState()],
         )
+        if resumed_at is not None:
+            keep_csv_history(loggers, resumed_at - 1)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
+        with safe_loading():  # last.ckpt is read by Lightning here, with the same restrictions
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         seconds = time.perf_counter() - start
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        chooser = best_checkpoint_callback(trainer)
+        best = chooser.best_model_path if chooser else ""
         fit_info = {
             "best_epoch": int(read_checkpoint(best, "This run just wrote it.")["epoch"])
             if best
@@ -55,6 +77,7 @@ def fit_and_evaluate(
             "epochs_run": 1 if trainer.fast_dev_run else trainer.current_epoch,
             "best_ckpt": best,
             "train_seconds": round(seconds, 2),
+            "resumed_at_epoch": resumed_at,  # train_seconds covers the epochs from here on
         }
         if trainer.world_size > 1:
             # Test on one device: under DDP a DistributedSampler would split (and pad) the test set.
