@@ -82,6 +82,14 @@ def _checkpoint_errors(
         ) from err
 
 
+@contextmanager
+def safe_loading() -> Iterator[None]:
+    """For loads that Lightning does itself (`trainer.fit(ckpt_path=..., weights_only=True)` on resume):
+    the same allow-list as everything here. Read the file with read_checkpoint first for clear errors."""
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        yield
+
+
 def _read(path: Path, missing_hint: str, kind: str) -> dict[str, Any]:
     # Any error: the restricted unpickler fails on bytes that are not a checkpoint in many ways
     # (EOFError, KeyError, IndexError, RuntimeError from the zip reader, ...).

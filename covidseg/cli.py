@@ -19,6 +19,7 @@ from covidseg.config_checks import check_config
 from covidseg.errors import UserError
 from covidseg.objective import check_optimized_metric, failed_value
 from covidseg.paths import CONF_DIR, register_resolvers
+from covidseg.resume import plan_resume
 
 log = logging.getLogger("covidseg")
 
@@ -68,7 +69,16 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     In a multirun, any failure is written to `<job dir>/failed.json` (error + traceback), the job returns
     the worst value of an Optuna study's direction (covidseg.objective.failed_value; None for other
     sweepers) and the sweep goes on with the next job; `covidseg-report` lists failed jobs.
+    With resume=true (covidseg.resume), a finished job returns its metrics.json without running again.
     """
+    try:
+        resume = plan_resume(cfg, run_dir(), run_dir() / RESOLVED_CONFIG, sweep_job=in_multirun())
+    except UserError as err:
+        # Also in a sweep: one re-launched with other settings is not the sweep it claims to resume.
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    if resume is not None and resume.finished is not None:
+        return resume.finished
     clear_stale_outputs(run_dir())
     try:
         check_config(cfg)

@@ -2,6 +2,7 @@
 
 Run directory: .hydra/config.yaml, splits.csv, checkpoints/{best,last}.ckpt, metrics.json,
 predictions.csv (test split), csv/metrics.csv (per-epoch curves), wandb/ (if enabled).
+resume=true with the same hydra.run.dir continues an interrupted run from last.ckpt (covidseg.resume).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from covidseg.evaluation import test_and_write, test_external
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.objective import check_optimized_metric, objective
+from covidseg.resume import checkpoint_to_resume
 from covidseg.training import fit_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if "model_checkpoint" in cfg.callbacks
             else None,
             "train_images_per_second": round(
-                datamodule.stats["n_train"] * fit_info["epochs_run"] / fit_info["train_seconds"], 2
+                datamodule.stats["n_train"]
+                * (fit_info["epochs_run"] - (fit_info["resumed_at_epoch"] or 0))
+                / fit_info["train_seconds"],
+                2,
             ),
             "backbone": cfg.model.backbone,
             "input": cfg.data.input,
@@ -80,7 +85,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             extra.update(test_external(trainer, model, datamodule, out_dir, best))
         return test_and_write(trainer, model, datamodule, out_dir, best, extra)
 
-    metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate)
+    resume_from = checkpoint_to_resume(cfg, out_dir)
+    metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate, resume_from)
     if not metrics:  # a non-zero DDP rank
         return metrics
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})

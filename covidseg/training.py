@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.checkpoints import read_checkpoint
+from covidseg.checkpoints import read_checkpoint, safe_loading
+from covidseg.resume_state import ResumableState, keep_csv_history
 from covidseg.tracking import finish_wandb
 
 
@@ -36,6 +38,13 @@ def val_scores(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
 
+def best_checkpoint_callback(trainer: L.Trainer) -> Checkpoint | None:
+    """The checkpoint callback that chooses best.ckpt: the first with a monitor (callbacks.last_checkpoint
+    has none, it keeps the latest epoch)."""
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    return monitored[0] if monitored else trainer.checkpoint_callback
+
+
 def fit_and_evaluate(
     cfg: DictConfig,
     model: L.LightningModule,
@@ -43,6 +52,7 @@ def fit_and_evaluate(
     group: str | None,
     tags: list[str],
     evaluate: Callable[[L.Trainer, str | None, dict[str, Any]], dict[str, Any]],
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
 
@@ -51,7 +61,12 @@ def fit_and_evaluate(
 
     Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
     Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
+    `resume_from`: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
+    (covidseg.resume_state.ResumableState).
     """
+    resumed_at = None
+    if resume_from is not None:
+        resumed_at = int(read_checkpoint(resume_from, "Start a new run without resume=true.")["epoch"]) + 1
     if "wandb" in (cfg.logger or {}):
         cfg.logger.wandb.group = group
         cfg.logger.wandb.tags = [*cfg.tags, *tags]
@@ -61,14 +76,18 @@ def fit_and_evaluate(
         trainer: L.Trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[*instantiate_all(cfg.callbacks), ValidationScores()],
+            callbacks=[*instantiate_all(cfg.callbacks), ValidationScores(), ResumableState()],
         )
+        if resumed_at is not None:
+            keep_csv_history(loggers, resumed_at - 1)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
+        with safe_loading():  # last.ckpt is read by Lightning here, with the same restrictions
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         seconds = time.perf_counter() - start
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        chooser = best_checkpoint_callback(trainer)
+        best = chooser.best_model_path if chooser else ""
         kept = read_checkpoint(best, "This run just wrote it.") if best else {}
         fit_info = {
             "best_epoch": int(kept["epoch"]) if best else trainer.current_epoch,
@@ -76,6 +95,7 @@ def fit_and_evaluate(
             "best_ckpt": best,
             "train_seconds": round(seconds, 2),
             **kept.get(VAL_SCORES_KEY, val_scores(trainer.callback_metrics)),
+            "resumed_at_epoch": resumed_at,  # train_seconds covers the epochs from here on
         }
         if trainer.world_size > 1:
             # Test on one device: under DDP a DistributedSampler would split (and pad) the test set.

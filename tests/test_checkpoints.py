@@ -117,6 +117,8 @@ def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
         if "early_stopping" in cfg.callbacks
         else EarlyStopping(monitor=checkpoint.monitor, mode=checkpoint.mode, patience=5)
     )
+    # The classifier's last.ckpt comes from its own callback (written after every epoch, for resume=true).
+    last = [instantiate(cfg.callbacks.last_checkpoint)] if "last_checkpoint" in cfg.callbacks else []
     loader = DataLoader(
         TensorDataset(torch.randn(len(target), 1, SIZE, SIZE), target), batch_size=len(target)
     )
@@ -125,7 +127,7 @@ def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
         devices=1,
         max_epochs=1,
         logger=instantiate(cfg.logger.csv),
-        callbacks=[checkpoint, stopping],
+        callbacks=[checkpoint, stopping, *last],
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

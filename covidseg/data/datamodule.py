@@ -118,6 +118,7 @@ class CXRDataModule(ArrayDataModule):
         self.external = [Path(f) for f in external or ()]
         self.table: pd.DataFrame | None = None
         self.stats: dict[str, Any] = {}
+        self.sampler_generator: torch.Generator | None = None  # data.balance=sampler
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], **overrides: Any) -> CXRDataModule:
@@ -323,10 +324,28 @@ class CXRDataModule(ArrayDataModule):
         if self.balance == "sampler":
             counts = np.array(self.class_counts("train"), dtype=float)
             weights = (1.0 / counts)[self.datasets["train"].targets.numpy()]
-            generator = torch.Generator().manual_seed(self.seed)
+            generator = self._sampler_generator()
             sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), generator=generator)
             return self._loader("train", sampler=sampler)
         return self._loader("train", shuffle=True)
+
+    def _sampler_generator(self) -> torch.Generator:
+        """The weighted sampler's generator: one per data module, seeded once, so that its state can be saved
+        in checkpoints and a resumed fit draws the batches an uninterrupted one would."""
+        if self.sampler_generator is None:
+            self.sampler_generator = torch.Generator().manual_seed(self.seed)
+        return self.sampler_generator
+
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning stores this in every checkpoint and hands it to load_state_dict on resume, before it
+        # asks for the train loader.
+        return (
+            {"sampler_generator": self._sampler_generator().get_state()} if self.balance == "sampler" else {}
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "sampler_generator" in state_dict:
+            self._sampler_generator().set_state(state_dict["sampler_generator"])
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")

@@ -233,6 +233,13 @@ class Classifier(BaseTask):
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_metrics)
 
+    # The counter is no weight, so Lightning does not save it: a resumed fit (resume=true) would restart it.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["single_class_epochs"] = self.single_class_epochs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.single_class_epochs = int(checkpoint.get("single_class_epochs", 0))
+
     def test_results(self) -> dict[str, Any]:
         """The confusion matrix (rows = true class) and the per-image probabilities of the last test run."""
         probs = (

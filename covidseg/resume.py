@@ -1,0 +1,148 @@
+"""`resume=true`: continue an interrupted training run in its own folder, or skip it if it finished.
+
+Checked before the job runs (covidseg.cli.run_job), before anything in the folder is touched:
+- the config the first attempt recorded (config_resolved.yaml) must be this job's, apart from `resume` and
+  where caches and logs live: a run continued with other settings would be neither of the two;
+- a job whose metrics.json is complete has finished and is not run again (a re-launched sweep skips it);
+- otherwise the job continues from checkpoints/last.ckpt. A sweep job without one starts from epoch 0 (it
+  never got that far); a single run without one is an error (a wrong hydra.run.dir, most likely).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from covidseg.checkpoints import read_checkpoint
+from covidseg.config_checks import check_config
+from covidseg.errors import UserError
+from covidseg.metrics import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+RESUME_KEY = "resume"
+LAST_CHECKPOINT = "last.ckpt"
+# Not settings of the run: where logs and caches live may differ between machines that resume it.
+IGNORED_KEYS = (RESUME_KEY, "paths.log_dir")
+IGNORED_LEAVES = ("cache_dir",)
+MAX_SHOWN = 6
+_ABSENT = "(absent)"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a job with resume=true does: continue from `checkpoint`, start from epoch 0 (neither set), or
+    nothing (`finished`: the metrics.json of a finished job)."""
+
+    checkpoint: Path | None = None
+    finished: dict[str, Any] | None = None
+
+
+def resume_requested(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, RESUME_KEY, default=False))
+
+
+def last_checkpoint(cfg: DictConfig, out_dir: Path) -> Path:
+    """Where this job writes last.ckpt (conf/callbacks: last_checkpoint, in model_checkpoint's folder)."""
+    folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None) or OmegaConf.select(
+        cfg, "callbacks.model_checkpoint.dirpath", default=None
+    )
+    return Path(folder or out_dir / "checkpoints") / LAST_CHECKPOINT
+
+
+def checkpoint_to_resume(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """last.ckpt if this job resumes and one exists, else None (train from epoch 0)."""
+    last = last_checkpoint(cfg, out_dir)
+    return last if resume_requested(cfg) and last.is_file() else None
+
+
+def plan_resume(cfg: DictConfig, out_dir: Path, recorded_config: Path, sweep_job: bool) -> Resume | None:
+    """None without resume=true; else what to do (see the module's docstring). Raises a UserError for a
+    different recorded config, a single run without last.ckpt and an unreadable last.ckpt."""
+    if not resume_requested(cfg):
+        return None
+    check_config(cfg)  # resolves every interpolation, with a clear error for a bad one
+    last = last_checkpoint(cfg, out_dir)
+    if recorded_config.is_file():
+        check_same_config(recorded_config, cfg)
+    elif last.is_file():
+        raise UserError(
+            f"resume=true: {recorded_config} is missing, so the settings of the run in {out_dir} cannot be "
+            "checked against this one's. Start a new run (without resume=true) in another hydra.run.dir."
+        )
+    finished = finished_metrics(out_dir)
+    if finished is not None:
+        log.info("resume=true: %s has finished (metrics.json), nothing to do.", out_dir)
+        return Resume(finished=finished)
+    if last.is_file():
+        checkpoint = read_checkpoint(last, "Start a new run without resume=true.")
+        log.info("resume=true: continuing %s after epoch %d (%s)", out_dir, checkpoint["epoch"], last)
+        return Resume(checkpoint=last)
+    if sweep_job:
+        log.info("resume=true: %s has no %s yet, training from epoch 0.", out_dir, LAST_CHECKPOINT)
+        return Resume()
+    raise UserError(
+        f"resume=true but {last} does not exist: {out_dir} holds no interrupted run to continue. Give the "
+        "hydra.run.dir of the interrupted run, or leave out resume=true to train from epoch 0."
+    )
+
+
+def finished_metrics(out_dir: Path) -> dict[str, Any] | None:
+    """The folder's metrics.json if it is complete (every test metric), else None."""
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    complete = isinstance(metrics, dict) and all(f"test/{m}" in metrics for m in METRIC_NAMES)
+    return metrics if complete else None
+
+
+def check_same_config(recorded_config: Path, cfg: DictConfig) -> None:
+    """A UserError naming every setting (up to MAX_SHOWN) that differs from the recorded run's."""
+    recorded = OmegaConf.to_container(OmegaConf.load(recorded_config), resolve=False)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = config_differences(recorded, current)
+    if not differences:
+        return
+    shown = "; ".join(differences[:MAX_SHOWN])
+    more = f" and {len(differences) - MAX_SHOWN} more" if len(differences) > MAX_SHOWN else ""
+    raise UserError(
+        f"resume=true: this job's settings differ from those the run in {recorded_config.parent} was "
+        f"started with ({recorded_config.name}): {shown}{more}. Resume with the first attempt's overrides, "
+        "or start a new run (without resume=true) in another hydra.run.dir / hydra.sweep.dir."
+    )
+
+
+def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """'key: <recorded> then, <current> now' for every dotted key whose value differs, ignoring
+    IGNORED_KEYS and keys ending in IGNORED_LEAVES."""
+    old, new = _flatten(recorded), _flatten(current)
+    keys = sorted(
+        key
+        for key in old.keys() | new.keys()
+        if key not in IGNORED_KEYS
+        and key.rsplit(".", 1)[-1] not in IGNORED_LEAVES
+        and old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    )
+    return [f"{key}: {_show(old.get(key, _ABSENT))} then, {_show(new.get(key, _ABSENT))} now" for key in keys]
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    return value if value == _ABSENT else json.dumps(value, default=str)

@@ -1,0 +1,311 @@
+"""resume=true: a killed run continues from last.ckpt and ends exactly as an uninterrupted one (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from covidseg.checkpoints import read_checkpoint
+from covidseg.resume import config_differences, finished_metrics, plan_resume
+from covidseg.resume_state import ResumableState, capture_random_state, restore_random_state
+from tests.conftest import BIN, REPO, read_metrics, run_cli
+
+TINY = ["data.limit=60", "data.image_size=64", "data.batch_size=16", "logger=csv", "callbacks=none"]
+TEST_FLOATS = ["test/acc", "test/precision", "test/recall", "test/specificity", "test/f1", "test/auroc"]
+
+
+# -- the pieces, in process ------------------------------------------------------------------------------
+def test_random_state_survives_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    np.random.normal()  # a cached Gaussian is part of NumPy's state
+    torch.save({"state": capture_random_state()}, tmp_path / "s.ckpt")
+    expected = (torch.rand(3), np.random.normal(size=3), random.random())
+    restore_random_state(torch.load(tmp_path / "s.ckpt", weights_only=True)["state"])
+    again = (torch.rand(3), np.random.normal(size=3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+class Noisy(Dataset):
+    """Every draw source a training can use: torch (shuffle, noise), NumPy and Python's random."""
+
+    def __init__(self):
+        self.x = torch.linspace(-1, 1, 48).reshape(24, 2)
+        self.y = (self.x.sum(1) > 0).float()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        noise = torch.randn(2) * 0.1 + float(np.random.uniform(-0.05, 0.05)) + random.uniform(-0.05, 0.05)
+        return self.x[i] + noise, self.y[i]
+
+
+class Toy(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.3), nn.ReLU(), nn.Linear(8, 1))
+
+    def step(self, batch):
+        x, y = batch
+        return nn.functional.binary_cross_entropy_with_logits(self.net(x).squeeze(1), y)
+
+    def training_step(self, batch, _):
+        return self.step(batch)
+
+    def validation_step(self, batch, _):
+        self.log("val/loss", self.step(batch))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.5)
+        # patience 0 and a big threshold: the plateau step of every epoch changes the learning rate
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, threshold=10.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss"}}
+
+    def train_dataloader(self):
+        return DataLoader(Noisy(), batch_size=5, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(Noisy(), batch_size=8)
+
+
+def _fit(folder: Path, max_epochs: int, ckpt_path: Path | None = None) -> Toy:
+    L.seed_everything(0)
+    model = Toy()
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=folder, save_last=True, monitor="val/loss"),
+            ResumableState(),
+        ],
+    )
+    trainer.fit(model, ckpt_path=ckpt_path, weights_only=True)
+    return model
+
+
+def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    whole = _fit(tmp_path / "whole", 4)
+    _fit(tmp_path / "cut", 2)  # last.ckpt after epoch 1, as a run killed during epoch 2 leaves it
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # a new process draws from anywhere
+    resumed = _fit(tmp_path / "cut", 4, ckpt_path=tmp_path / "cut" / "last.ckpt")
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    lr = [
+        read_checkpoint(tmp_path / f / "last.ckpt", "")["lr_schedulers"][0]["_last_lr"]
+        for f in ("whole", "cut")
+    ]
+    assert lr[0] == lr[1] and lr[0][0] < 0.5 / 4  # the plateau scheduler stepped in every epoch
+
+
+def test_config_differences_name_the_key_and_both_values():
+    recorded = {
+        "seed": 0,
+        "resume": False,
+        "model": {"optimizer": {"lr": 0.002}},
+        "paths": {"cache_dir": "/a"},
+    }
+    current = {"seed": 0, "resume": True, "model": {"optimizer": {"lr": 0.01}}, "paths": {"cache_dir": "/b"}}
+    assert config_differences(recorded, current) == ["model.optimizer.lr: 0.002 then, 0.01 now"]
+    assert config_differences({"a": 1}, {"b": [1]}) == [
+        "a: 1 then, (absent) now",
+        "b: (absent) then, [1] now",
+    ]
+
+
+def test_only_a_complete_metrics_json_counts_as_finished(tmp_path):
+    assert finished_metrics(tmp_path) is None
+    (tmp_path / "metrics.json").write_text('{"test/acc": 0.5')  # cut off while writing
+    assert finished_metrics(tmp_path) is None
+    (tmp_path / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    assert finished_metrics(tmp_path) is None
+    complete = {f"test/{m}": 0.5 for m in ("acc", "precision", "recall", "specificity", "f1", "auroc")}
+    (tmp_path / "metrics.json").write_text(json.dumps(complete))
+    assert finished_metrics(tmp_path) == complete
+
+
+def test_a_sweep_job_never_begun_starts_from_epoch_0_a_single_run_is_refused(tmp_path):
+    cfg = OmegaConf.create({"resume": True, "callbacks": {"model_checkpoint": {"dirpath": str(tmp_path)}}})
+    plan = plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=True)
+    assert plan is not None and plan.checkpoint is None and plan.finished is None
+    with pytest.raises(Exception, match=r"last.ckpt does not exist"):
+        plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=False)
+    cfg.resume = False
+    assert plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=False) is None
+
+
+def test_the_weighted_samplers_draws_continue_from_a_saved_state(tmp_path):
+    from covidseg.data.datamodule import CXRDataModule
+    from tests.conftest import make_dataset
+
+    def module() -> CXRDataModule:
+        data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 12}, size=32)
+        dm = CXRDataModule(
+            str(data), image_size=32, batch_size=64, balance="sampler", cache_dir=tmp_path / "c"
+        )
+        dm.setup("fit")
+        return dm
+
+    def order(dm: CXRDataModule) -> list[int]:
+        return list(dm.train_dataloader().sampler)
+
+    first = module()
+    order(first)  # epoch 0
+    state = torch.load(_saved(first.state_dict(), tmp_path), weights_only=True)
+    expected = order(first)  # epoch 1
+    second = module()
+    second.load_state_dict(state)
+    assert order(second) == expected != order(module())
+
+
+def _saved(state: dict, folder: Path) -> Path:
+    torch.save(state, folder / "state.pt")
+    return folder / "state.pt"
+
+
+# -- as a user runs it: kill -9, then resume=true (real trainings, one subprocess each) ------------------
+def _epoch_of(last: Path) -> int | None:
+    """The epoch of a completely written last.ckpt, else None (absent, or being written)."""
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:
+        return None
+
+
+def _kill_when_saved(args: list[str], last: Path, epoch: int, timeout: float = 600) -> int:
+    """Start covidseg-train with `args`, SIGKILL it as soon as `last` holds `epoch` or a later one; returns
+    the epoch found. The process must still be running then (else the test proves nothing)."""
+    process = subprocess.Popen(
+        [str(BIN / "covidseg-train"), *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    read = None  # (mtime, size) of the version read last: a checkpoint of resnet18 + Adam is 130 MB
+    try:
+        while time.monotonic() < deadline:
+            stat = last.stat() if last.is_file() else None
+            version = (stat.st_mtime_ns, stat.st_size) if stat else None
+            found = _epoch_of(last) if version and version != read else None
+            read = version if found is not None else read
+            if found is not None and found >= epoch:
+                assert process.poll() is None, f"the run ended before it could be killed:\n{process.stderr}"
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return found
+            if process.poll() is not None:
+                pytest.fail(f"covidseg-train exited ({process.returncode}):\n{process.stderr.read()[-4000:]}")
+            time.sleep(0.1)
+        pytest.fail(f"no {last} of epoch {epoch} within {timeout} s")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stderr.close()
+    raise AssertionError("unreachable")
+
+
+EPOCHS = 4
+RUN = [*TINY, "callbacks=early_stopping", f"trainer.max_epochs={EPOCHS}"]
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, covid_cxr) -> tuple[Path, Path]:
+    """(an uninterrupted run, the same run SIGKILLed after its second epoch) with the same seed."""
+    base = tmp_path_factory.mktemp("resume")
+    run_cli("covidseg-train", *RUN, f"hydra.run.dir={base / 'whole'}")
+    killed = base / "killed"
+    epoch = _kill_when_saved([*RUN, f"hydra.run.dir={killed}"], killed / "checkpoints" / "last.ckpt", 1)
+    assert epoch < EPOCHS - 1 and not (killed / "metrics.json").exists()
+    return base / "whole", killed
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumed_ends_with_the_uninterrupted_runs_test_metrics(killed_run):
+    whole, killed = killed_run
+    result = run_cli("covidseg-train", *RUN, "resume=true", f"hydra.run.dir={killed}")
+    assert "continuing" in result.stdout + result.stderr
+    expected, resumed = read_metrics(whole), read_metrics(killed)
+    for key in [*TEST_FLOATS, "test/loss", "test/confusion", "best_epoch", "val/single_class_epochs"]:
+        assert resumed[key] == expected[key], key
+    assert resumed["epochs_run"] == EPOCHS and 1 <= resumed["resumed_at_epoch"] < EPOCHS
+    assert (killed / "predictions.csv").read_text() == (whole / "predictions.csv").read_text()
+    # Not only the best epoch (which may predate the kill): the last weights and every epoch's val/loss.
+    last = [read_checkpoint(run / "checkpoints" / "last.ckpt", "")["state_dict"] for run in (whole, killed)]
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+    # the curves hold every epoch once: the killed attempt's rows up to its checkpoint, then the resumed ones
+    assert _val_losses(killed) == _val_losses(whole) and len(_val_losses(whole)) == EPOCHS
+
+
+def _val_losses(run: Path) -> list[tuple[str, str]]:
+    with (run / "csv" / "metrics.csv").open() as file:
+        return [(row["epoch"], row["val/loss"]) for row in csv.DictReader(file) if row["val/loss"]]
+
+
+@pytest.mark.slow
+def test_resume_with_another_override_stops_naming_it_and_touches_nothing(killed_run):
+    _, killed = killed_run
+    before = (killed / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    result = run_cli(
+        "covidseg-train",
+        *RUN,
+        "resume=true",
+        "model.optimizer.lr=0.01",
+        f"hydra.run.dir={killed}",
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert "model.optimizer.lr: 0.002 then, 0.01 now" in output, output[-3000:]
+    assert (killed / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_resume_without_last_ckpt_stops_saying_so(tmp_path):
+    result = run_cli(
+        "covidseg-train", "debug=fast", "logger=none", "resume=true", f"hydra.run.dir={tmp_path}", check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert f"{tmp_path}/checkpoints/last.ckpt does not exist" in output, output[-3000:]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_relaunched_sweep_skips_the_finished_job_and_resumes_the_killed_one(tmp_path, covid_cxr):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.max_epochs=3", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    _kill_when_saved(args, sweep / "1" / "checkpoints" / "last.ckpt", 0)
+    finished = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    assert not (sweep / "1" / "metrics.json").exists()
+    result = run_cli("covidseg-train", *args, "resume=true")
+    output = result.stdout + result.stderr
+    assert "2 of 2 job(s) finished" in output and "has finished (metrics.json), nothing to do" in output
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == finished  # not trained again
+    metrics = read_metrics(sweep / "1")
+    assert metrics["seed"] == 1 and metrics["epochs_run"] == 3 and metrics["resumed_at_epoch"] >= 1
+    # the same sweep folder with other settings is not the same sweep: it stops before touching a job
+    other = run_cli("covidseg-train", *args, "resume=true", "data.batch_size=8", check=False)
+    output = other.stdout + other.stderr
+    assert other.returncode == 2 and "data.batch_size: 16 then, 8 now" in output, output[-3000:]
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == finished
