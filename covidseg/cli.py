@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from covidseg.config_checks import check_config
 from covidseg.errors import UserError
-from covidseg.objective import check_optimized_metric, failed_value
+from covidseg.objective import check_optimized_metric, failed_value, objective
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.resume import plan_resume
 
@@ -69,7 +69,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     In a multirun, any failure is written to `<job dir>/failed.json` (error + traceback), the job returns
     the worst value of an Optuna study's direction (covidseg.objective.failed_value; None for other
     sweepers) and the sweep goes on with the next job; `covidseg-report` lists failed jobs.
-    With resume=true (covidseg.resume), a finished job returns its metrics.json without running again.
+    With resume=true (covidseg.resume), a finished job is not run again; its metrics.json gives the value.
     """
     try:
         resume = plan_resume(cfg, run_dir(), run_dir() / RESOLVED_CONFIG, sweep_job=in_multirun())
@@ -77,8 +77,8 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         # Also in a sweep: one re-launched with other settings is not the sweep it claims to resume.
         log.error("%s", err)
         raise SystemExit(2) from None
-    if resume is not None and resume.finished is not None:
-        return resume.finished
+    if resume is not None and resume.finished is not None:  # what the job returned when it ran
+        return objective(resume.finished, cfg.get("optimized_metric"))
     clear_stale_outputs(run_dir())
     try:
         check_config(cfg)

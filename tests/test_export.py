@@ -184,5 +184,5 @@ def test_a_missing_segmenter_exits_2_before_anything_is_written(segmented_export
         f"out_dir={tmp_path / 'out'}",
         check=False,
     )
-    assert result.returncode == 2 and f"Checkpoint {missing} does not exist" in result.stdout + result.stderr
+    assert result.returncode == 2 and f"{missing} does not exist" in result.stdout + result.stderr
     assert not list((tmp_path / "out").glob("*"))

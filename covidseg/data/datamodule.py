@@ -21,7 +21,7 @@ from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.images import MIN_SIDE, ImageCache
 from covidseg.data.intensity import check_equalize
 from covidseg.data.manifest import load_manifest
-from covidseg.data.selection import select_classes, stratified_subset
+from covidseg.data.selection import check_external_sets, select_classes, stratified_subset
 from covidseg.data.split import (
     DEFAULT_SPLIT_RATIOS,
     SPLITS,
@@ -136,7 +136,7 @@ class CXRDataModule(ArrayDataModule):
             return
         table, manifest = load_manifest(self.root)
         if not self.evaluate_on:
-            self._check_external(table)
+            check_external_sets(self.external, self.classes, table, self.root)
         table, dropped = select_classes(
             table,
             self.classes,
@@ -199,32 +199,6 @@ class CXRDataModule(ArrayDataModule):
         if self.evaluate_on:  # keep only the asked-for split, evaluated as "test"
             splits = splits.where(splits == self.evaluate_on, "unused").replace(self.evaluate_on, "test")
         return splits
-
-    def _check_external(self, table: pd.DataFrame) -> None:
-        """Each data.external folder is a data set with at least one of our classes, is named uniquely
-        (its folder name names its metrics) and shares no image file with the training data."""
-        names: dict[str, Path] = {}
-        own_files = set(table["file"])
-        for i, folder in enumerate(self.external):
-            where = f"data.external[{i}] ({folder})"
-            if folder.name in names:
-                raise UserError(
-                    f"{where}: another external folder has the same name ({names[folder.name]}); results are "
-                    "keyed by folder name. Rename one of the folders."
-                )
-            names[folder.name] = folder
-            try:
-                external, _ = load_manifest(folder)
-                select_classes(external, self.classes, "drop", source=str(folder), require_all=False)
-            except UserError as err:
-                raise UserError(f"{where}: {err}") from None
-            shared = own_files & set(external["file"])
-            if shared:
-                raise UserError(
-                    f"{where} shares {len(shared)} image file(s) with data.root {self.root}, e.g. "
-                    f"{sorted(shared)[:2]}: an external test set must not be training data. Remove it from "
-                    "data.external."
-                )
 
     @property
     def uses_folds(self) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covidseg.data.manifest import EXAMPLES
+from covidseg.data.manifest import EXAMPLES, load_manifest
 from covidseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -128,3 +128,32 @@ def stratified_subset(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
             total += int(sizes[p])
         picked.append(group[group["patient_id"].isin(chosen)])
     return pd.concat(picked).sort_index().reset_index(drop=True)
+
+
+def check_external_sets(
+    folders: Sequence[Path], classes: Sequence[str], table: pd.DataFrame, root: Path
+) -> None:
+    """Each data.external folder is a data set with at least one of `classes`, is named uniquely (its folder
+    name names its metrics) and shares no image file with the training data (`table`, read from `root`)."""
+    names: dict[str, Path] = {}
+    own_files = set(table["file"])
+    for i, folder in enumerate(folders):
+        where = f"data.external[{i}] ({folder})"
+        if folder.name in names:
+            raise UserError(
+                f"{where}: another external folder has the same name ({names[folder.name]}); results are "
+                "keyed by folder name. Rename one of the folders."
+            )
+        names[folder.name] = folder
+        try:
+            external, _ = load_manifest(folder)
+            select_classes(external, classes, "drop", source=str(folder), require_all=False)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+        shared = own_files & set(external["file"])
+        if shared:
+            raise UserError(
+                f"{where} shares {len(shared)} image file(s) with data.root {root}, e.g. "
+                f"{sorted(shared)[:2]}: an external test set must not be training data. Remove it from "
+                "data.external."
+            )
