@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,16 @@ def run_cli(
             f"({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def run_cli_refused(*args: str, expected: str, timeout: int = 180) -> str:
+    """Run a console script that must stop on a user error: exit code 2, no traceback, and a message matching
+    the regular expression `expected`. Returns the output."""
+    result = run_cli(*args, check=False, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, output[-3000:]
+    assert re.search(expected, output), output[-3000:]
+    return output
 
 
 def read_metrics(run: Path) -> dict:
