@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.lung_masks import LungMaskDataModule
@@ -86,17 +86,12 @@ def test_external(
     external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients) and `external_sets`."""
     metrics: dict[str, Any] = {"external_sets": {f.name: str(f.resolve()) for f in datamodule.external}}
     for folder in datamodule.external:
-        data = OmegaConf.create(
-            {
-                "root": str(folder),
-                "split_file": None,
-                "split": "all",
-                "batch_size": datamodule.batch_size,
-                "on_unknown_label": "drop",
-                "on_bad_image": datamodule.on_bad_image,
-                "cache_dir": str(datamodule.cache_dir),
-            }
-        )
+        data = {
+            "root": str(folder),
+            "batch_size": datamodule.batch_size,
+            "on_bad_image": datamodule.on_bad_image,
+            "cache_dir": str(datamodule.cache_dir),
+        }
         external = evaluation_datamodule(model, data, masks=datamodule.masks)
         external.setup("test")
         scores, rows = test_split(trainer, model, external, ckpt_path)
@@ -107,30 +102,37 @@ def test_external(
 
 
 def evaluation_datamodule(
-    model: Classifier, data: DictConfig, segmenter_ckpt: str | None = None, masks: MaskSource | None = None
+    model: Classifier,
+    data: Mapping[str, Any],
+    segmenter_ckpt: str | None = None,
+    masks: MaskSource | None = None,
 ) -> CXRDataModule:
-    """The training run's preprocessing (size, normalisation, input mode) on the data asked for.
+    """The training run's preprocessing (size, normalisation, input mode) on the data asked for:
+    covidseg-eval, a run's external sets and covidseg-predict all build their data this way.
 
-    Masks come from `masks` if given (a training run's own), else from the segmenter the classifier was
-    trained with (`segmenter_ckpt` overrides its path; a missing or changed segmenter is refused)."""
+    `data` gives batch_size and cache_dir, and optionally root (default: the training folder), split (`all`,
+    the default, or train/val/test of split_file), on_unknown_label (default drop) and on_bad_image (default:
+    the training run's). Masks come from `masks` if given (a training run's own), else from the segmenter the
+    classifier was trained with (`segmenter_ckpt` overrides its path; a missing or changed one is refused)."""
     trained = dict(model.hparams.data_config or {})
-    if data.split != "all" and not data.split_file:
-        raise UserError(f"data.split={data.split} needs data.split_file (e.g. <train run>/splits.csv).")
+    split, split_file = data.get("split", "all"), data.get("split_file")
+    if split != "all" and not split_file:
+        raise UserError(f"data.split={split} needs data.split_file (e.g. <train run>/splits.csv).")
     if masks is None:
         masks = trained_mask_source(
-            trained.get("segmenter") or {}, data.cache_dir, trained.get("input", "raw"), segmenter_ckpt
+            trained.get("segmenter") or {}, data["cache_dir"], trained.get("input", "raw"), segmenter_ckpt
         )
     return CXRDataModule.from_record(
         trained,
-        root=data.root or trained["root"],
+        root=data.get("root") or trained["root"],
         classes=model.class_names,
-        batch_size=data.batch_size,
-        split_file=data.split_file,
-        evaluate_on=data.split,
+        batch_size=data["batch_size"],
+        split_file=split_file,
+        evaluate_on=split,
         limit=None,
-        on_unknown_label=data.on_unknown_label,
-        on_bad_image=data.on_bad_image,
-        cache_dir=data.cache_dir,
+        on_unknown_label=data.get("on_unknown_label", "drop"),
+        on_bad_image=data.get("on_bad_image") or trained.get("on_bad_image", "error"),
+        cache_dir=data["cache_dir"],
         masks=masks,
         external=(),
     )

@@ -19,8 +19,8 @@ from covidseg.checkpoints import read_checkpoint
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.manifest import IMAGE_SUFFIXES
 from covidseg.errors import UserError
+from covidseg.evaluation import evaluation_datamodule
 from covidseg.explain import CAM_METHODS
-from covidseg.masks import trained_mask_source
 from covidseg.metrics import POSITIVE_THRESHOLD, predicted_positive
 from covidseg.models.classifier import Classifier
 from covidseg.plots import pyplot
@@ -136,21 +136,7 @@ def prediction_datamodule(
 ) -> CXRDataModule:
     """The data module the classifier was trained with (size, intensity, input mode, its segmenter checked
     against the recorded SHA-1), for preparing new images with CXRDataModule.prediction_inputs."""
-    trained = dict(model.hparams.data_config or {})
-    masks = trained_mask_source(
-        trained.get("segmenter") or {}, cache_dir, trained.get("input", "raw"), segmenter_ckpt
-    )
-    return CXRDataModule.from_record(
-        trained,
-        classes=model.class_names,
-        batch_size=batch_size,
-        evaluate_on="all",
-        split_file=None,
-        limit=None,
-        cache_dir=cache_dir,
-        masks=masks,
-        external=(),
-    )
+    return evaluation_datamodule(model, {"batch_size": batch_size, "cache_dir": cache_dir}, segmenter_ckpt)
 
 
 def predicted_classes(probs: np.ndarray, class_names: list[str]) -> tuple[list[str], Any]:
