@@ -40,8 +40,11 @@ def ordered_map(
     log.info("%s: %d file(s) on %d process(es)", description, len(tasks), workers if parallel else 1)
     executor = None
     if parallel:
-        # forkserver: workers never inherit the parent's threads (torch, the logger) as fork would
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        # fork (as DataLoader workers on Linux): spawn and forkserver re-run the caller's main script,
+        # which breaks scripts and notebooks without an `if __name__ == "__main__"` guard
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        executor = ProcessPoolExecutor(workers, mp_context=context)
         results = executor.map(fn, tasks, chunksize=max(1, min(16, len(tasks) // (workers * 8))))
     else:
         results = map(fn, tasks)

@@ -50,8 +50,12 @@ def split_by_patient(table: pd.DataFrame, ratios: Mapping[str, float], seed: int
 
 
 def _patient_labels(table: pd.DataFrame) -> pd.Series:
-    """Each patient's most frequent label: what splits and folds are stratified by."""
-    return table.groupby("patient_id")["label"].agg(lambda s: s.value_counts().index[0])
+    """Each patient's most frequent label (ties: the one seen first): what splits and folds are stratified by.
+
+    Vectorised (a per-patient value_counts cost ~1 ms per patient, most of a warm set-up)."""
+    counts = table.groupby(["patient_id", "label"], sort=False).size().reset_index(name="n")
+    first = counts.sort_values("n", ascending=False, kind="stable").drop_duplicates("patient_id")
+    return first.set_index("patient_id")["label"].sort_index()
 
 
 def check_folds(folds: int | None, fold: int | None) -> None:
