@@ -25,10 +25,43 @@ import torch
 from covidseg.data.images import ImageCache, atomic_save, file_digest
 from covidseg.data.transforms import resize_mask
 from covidseg.errors import UserError
-from covidseg.models.segmenter import load_segmenter
+from covidseg.models.segmenter import Segmenter, load_segmenter
 from covidseg.plots import overlay_grid
 
 log = logging.getLogger(__name__)
+
+# Resolved checkpoint path -> (size, mtime_ns, SHA-1): a file is hashed again only when it changed.
+_CHECKPOINT_DIGESTS: dict[str, tuple[int, int, str]] = {}
+# (resolved checkpoint path, SHA-1, device) -> the loaded network; one entry per path (the latest file).
+_SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-1 of a checkpoint file's content, remembered per process while its size and mtime stay the same."""
+    path = Path(path)
+    stat = path.stat()
+    key = str(path.resolve())
+    known = _CHECKPOINT_DIGESTS.get(key)
+    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    digest = file_digest(path)
+    _CHECKPOINT_DIGESTS[key] = (stat.st_size, stat.st_mtime_ns, digest)
+    return digest
+
+
+def shared_segmenter(path: str | Path, device: str) -> tuple[Segmenter, str]:
+    """The segmenter in checkpoint `path` on `device` (eval mode) and the checkpoint's SHA-1, loaded once per
+    process and file content: a replaced checkpoint is loaded again, and its old network let go."""
+    path = Path(path)
+    if not path.is_file():
+        load_segmenter(path)  # raises the UserError that says how to make a segmenter
+    digest = checkpoint_digest(path)
+    key = (str(path.resolve()), digest, device)
+    if key not in _SEGMENTERS:
+        for stale in [k for k in _SEGMENTERS if k[0] == key[0]]:
+            del _SEGMENTERS[stale]
+        _SEGMENTERS[key] = load_segmenter(path).to(device).eval()
+    return _SEGMENTERS[key], digest
 
 
 class MaskSource:
@@ -48,12 +81,10 @@ class MaskSource:
         self.ckpt_path = Path(ckpt_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # Loading (not running) the network up front checks the checkpoint before any training starts.
-        self.model = load_segmenter(self.ckpt_path).to(self.device).eval()
-        self.ckpt_digest = file_digest(self.ckpt_path)
+        self.model, self.ckpt_digest = shared_segmenter(self.ckpt_path, self.device)
         hp = self.model.hparams
         self.image_size, self.mean, self.std = int(hp.image_size), float(hp.mean), float(hp.std)
         self.postprocess = dict(postprocess if postprocess is not None else hp.postprocess or {})
-        self.model.postprocess_settings = self.postprocess
         self.batch_size, self.background = int(batch_size), int(background)
         self.min_area, self.max_area = float(min_area_fraction), float(max_area_fraction)
         self.cache_dir = Path(cache_dir)
@@ -107,6 +138,8 @@ class MaskSource:
         images, _, _ = ImageCache(self.cache_dir, self.image_size).load_many(list(files))
         batch = torch.from_numpy(images).unsqueeze(1).float().div(255.0)
         self.network_calls += 1
+        # The network may be shared with sources of other settings: set this source's before each use.
+        self.model.postprocess_settings = self.postprocess
         with torch.no_grad():
             return list(self.model.predict_masks(((batch - self.mean) / self.std).to(self.device)))
 
@@ -222,7 +255,7 @@ def trained_mask_source(
             f"The classifier was trained on data.input={input_mode} with lung masks from {trained_with} "
             f"(SHA-1 {recorded or 'not recorded'}); segmenter checkpoint {path} does not exist. {fix}"
         )
-    digest = file_digest(path)
+    digest = checkpoint_digest(path)
     if recorded is None:
         log.warning(
             "Cannot check that %s is the segmenter the classifier was trained with (no SHA-1 recorded)", path
