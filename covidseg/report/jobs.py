@@ -4,21 +4,19 @@ masks, and how much of its Grad-CAM falls inside the lungs (lung energy)."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from covidseg.cli import RESOLVED_CONFIG
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset
-from covidseg.data.transforms import masks_as_seen, resize_mask
+from covidseg.data.transforms import masks_as_seen
 from covidseg.errors import UserError
-from covidseg.explain import cam_maps, lung_energy
+from covidseg.job_cams import ENERGY_FILE, lung_energy_summary, stored_lung_energy
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, load_classifier
 
@@ -75,35 +73,15 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
 def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None) -> dict[str, Any]:
     """Mean share of Grad-CAM mass inside the lung mask over (up to max_images of) a job's test images.
 
-    Cached in <job>/lung_energy.json (keyed by max_images)."""
-    cache = job_dir / "lung_energy.json"
-    if cache.is_file():
-        stored = json.loads(cache.read_text())
-        if stored.get("max_images") == max_images and "lung_area" in stored:
-            return stored
+    The job left it in <job>/lung_energy.json (keyed by max_images); computed and kept there for older
+    jobs and other numbers of images."""
+    stored = stored_lung_energy(job_dir, max_images)
+    if stored is not None:
+        return stored
     job = job_test_data(job_dir, cache_dir)
     if job.masks_as_seen is None:
         raise UserError(f"no lung masks for {job_dir} (segmenter.ckpt_path does not exist)")
-    test = job.test
-    n = min(max_images, len(test))
-    picks = np.linspace(0, len(test) - 1, num=n).round().astype(int)
-    energies, areas = [], []
-    for start in range(0, n, 16):
-        idx = picks[start : start + 16]
-        x = torch.stack([test[i][0] for i in idx])
-        # The predicted class is explained: where the model looked for the decision it made.
-        cams = cam_maps(job.model.net, x, target_class=None, binary=job.model.binary)
-        for cam, i in zip(cams, idx):
-            mask = resize_mask(job.masks_as_seen[i], cam.shape[-1])
-            energies.append(lung_energy(cam, mask))
-            areas.append(float(mask.mean()))
-    values = [e for e in energies if not math.isnan(e)]
-    # lung_area is what a CAM spread evenly over the image would score: the baseline to compare with.
-    result = {
-        "lung_energy": float(np.mean(values)) if values else math.nan,
-        "lung_area": float(np.mean(areas)),
-        "n_images": len(values),
-        "max_images": max_images,
-    }
-    cache.write_text(json.dumps(result))
+    seen = job.masks_as_seen
+    result = lung_energy_summary(job.model, job.test, lambda idx: seen[idx], max_images)
+    (job_dir / ENERGY_FILE).write_text(json.dumps(result))
     return result
