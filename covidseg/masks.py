@@ -136,7 +136,7 @@ class MaskSource:
         """Post-processed masks of one batch of image files (plain images: what the segmenter was trained
         on, whatever data.equalize the classifier uses)."""
         images, _, _ = ImageCache(self.cache_dir, self.image_size).load_many(list(files))
-        batch = torch.from_numpy(images).unsqueeze(1).float().div(255.0)
+        batch = torch.from_numpy(np.asarray(images)).unsqueeze(1).float().div(255.0)
         self.network_calls += 1
         # The network may be shared with sources of other settings: set this source's before each use.
         self.model.postprocess_settings = self.postprocess

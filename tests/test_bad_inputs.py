@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import sqlite3
 import struct
 import zlib
 from pathlib import Path
@@ -210,8 +211,13 @@ def _png_claiming(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def _cache_entries(cache_root: Path) -> list[Path]:
-    return sorted((cache_root / "images").rglob("*.npy")) if (cache_root / "images").exists() else []
+def _cache_digests(cache_root: Path, size: int = 16) -> list[str]:
+    """The digests that have a decoded array in the store of `size` px images."""
+    index = cache_root / "arrays" / str(size) / "index.sqlite"
+    if not index.exists():
+        return []
+    with sqlite3.connect(index) as con:
+        return [digest for (digest,) in con.execute("SELECT digest FROM rows")]
 
 
 BAD_IMAGES = {
@@ -270,8 +276,8 @@ def test_bad_image_is_an_error_or_a_counted_skip_and_never_cached(tmp_path, case
     assert sum(dm.stats[f"n_{s}"] for s in SPLITS) == 39
     assert "covid/3.png" in _warnings(caplog) and "Skipped 1 of 40 image(s)" in _warnings(caplog)
     digest = hashlib.sha1(bad.read_bytes()).hexdigest()
-    entries = _cache_entries(tmp_path / "cache")
-    assert len(entries) == 39 and not any(digest in e.name for e in entries)
+    entries = _cache_digests(tmp_path / "cache")
+    assert len(entries) == 39 and digest not in entries
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
 
 
@@ -279,7 +285,7 @@ def test_an_entry_cached_before_the_size_check_is_not_trusted(tmp_path):
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.full((4, 4), 9, np.uint8)).save(tiny)
     ImageCache(tmp_path / "cache", 16).load(tiny)  # no minimum, as before this check existed
-    assert len(_cache_entries(tmp_path / "cache")) == 1
+    assert len(_cache_digests(tmp_path / "cache")) == 1
     with pytest.raises(UserError, match=r"tiny.png is 4x4 px"):
         ImageCache(tmp_path / "cache", 16, min_side=MIN_SIDE).load(tiny)
 

@@ -1,7 +1,7 @@
 """The classification DataModule: manifest -> patient split -> cached arrays -> (masks) -> tensors.
 
-Everything up to the tensors is done once in `setup`; the whole (small) dataset then lives in memory
-as uint8, so epochs cost only augmentation and the network.
+Everything up to the tensors is done once in `setup`: the images are a lazy view (covidseg.data.store)
+on the decoded uint8 arrays at rest, selected per split without being read.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from covidseg.data.split import (
     split_by_patient,
     write_splits,
 )
+from covidseg.data.store import ArrayView, take_rows
 from covidseg.data.transforms import MASK_MODES, apply_masks, build_augmentation
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
@@ -173,13 +174,14 @@ class CXRDataModule(ArrayDataModule):
             **{f"patients_{s}": int(table.loc[table["split"] == s, "patient_id"].nunique()) for s in SPLITS},
         }
         if self.input != "raw":
-            images = self._apply_masks(images, list(table["file"]), list(table["digest"]))
+            # masked input is materialised until masks come from a store as well (covidseg.masks)
+            images = self._apply_masks(np.asarray(images), list(table["file"]), list(table["digest"]))
         self.table = table
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
             transform = self.augmentation if split == "train" and not self.evaluate_on else None
             self.datasets[split] = ArrayDataset(
-                images[rows], table.loc[rows, "target"].to_numpy(), self.mean, self.std, transform
+                take_rows(images, rows), table.loc[rows, "target"].to_numpy(), self.mean, self.std, transform
             )
         log.info(
             "Data %s: %s",
@@ -210,9 +212,9 @@ class CXRDataModule(ArrayDataModule):
             self.cache_dir, self.load_size, MIN_SIDE, equalize=self.equalize, clahe_clip=self.clahe_clip
         )
 
-    def decoded_images(self, rows: pd.DataFrame) -> np.ndarray:
+    def decoded_images(self, rows: pd.DataFrame) -> ArrayView:
         """The images of `rows` (table rows) as this data module decodes them (load size, equalized), before
-        any lung mask: re-read from the cache rather than kept in memory."""
+        any lung mask: a lazy view on the cache rather than kept in memory."""
         return self._image_cache().load_many(list(rows["file"]))[0]
 
     @property
@@ -265,7 +267,8 @@ class CXRDataModule(ArrayDataModule):
         readable = table.index[table["error"].isna()]
         table.loc[readable, "digest"] = digests
         if self.input != "raw" and len(readable):
-            images = self._apply_masks(images, list(table.loc[readable, "file"]), digests)
+            # masked input is materialised until masks come from a store as well (covidseg.masks)
+            images = self._apply_masks(np.asarray(images), list(table.loc[readable, "file"]), digests)
         targets = np.zeros(len(images), dtype=np.int64)
         return table, ArrayDataset(images, targets, self.mean, self.std)
 

@@ -30,7 +30,7 @@ class ArrayDataset(Dataset):
         std: float,
         transform: v2.Transform | None = None,
     ):
-        self.images = torch.from_numpy(images).unsqueeze(1)
+        self.images = torch.from_numpy(np.asarray(images)).unsqueeze(1)
         self.targets = torch.from_numpy(targets if targets.ndim == 3 else targets.astype(np.int64))
         self.is_mask = self.targets.ndim == 3
         if self.is_mask:

@@ -1,4 +1,4 @@
-"""DICOM radiographs into covidseg's image convention (covidseg.data.images): uint8 gray, 0 = black = air.
+"""DICOM radiographs into covidseg's image convention (covidseg.data.decoding): uint8 gray, 0 = black = air.
 
 pydicom decodes the pixel data (compressed transfer syntaxes through its plugins: pylibjpeg, pillow, ...),
 then the pixels go through what a DICOM viewer applies before showing them:
@@ -9,7 +9,7 @@ Without a VOI transform, 8-bit pixels keep their values (like an 8-bit PNG) and 
 from the image's own min..max (like a 16-bit PNG). MONOCHROME1 (high values shown dark) is inverted, so
 that air is dark as in every other image. Colour (3-sample) images become ITU-R 601 luma, as PNGs do.
 
-Refusals are `DicomRefused` (covidseg.data.images turns them into BadImage): unreadable files, missing
+Refusals are `DicomRefused` (covidseg.data.decoding turns them into BadImage): unreadable files, missing
 pixel data, multi-frame files, sizes outside the limits, and compressed pixel data without an installed
 decoder (the message names the transfer syntax and what to install).
 """
@@ -53,9 +53,11 @@ def _read(path: str | Path, data: bytes, header_only: bool) -> Any:
         raise DicomRefused(f"Cannot read DICOM {path}: {' '.join(str(err).split())[:200]}.") from err
 
 
-def check_header(path: str | Path, data: bytes, min_side: int = 0) -> None:
-    """The checks that need only the header (the pixel data is not read)."""
-    _check(path, _read(path, data, header_only=True), min_side)
+def check_header(path: str | Path, data: bytes, min_side: int = 0) -> tuple[int, int]:
+    """The checks that need only the header (the pixel data is not read); returns (width, height)."""
+    ds = _read(path, data, header_only=True)
+    _check(path, ds, min_side)
+    return int(ds.Columns), int(ds.Rows)
 
 
 def _check(path: str | Path, ds: Any, min_side: int) -> None:

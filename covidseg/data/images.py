@@ -1,151 +1,54 @@
-"""Decode any chest X-ray PIL or pydicom can read into one convention, once, and cache the result on disk.
+"""Decoded images at rest: each file decoded once (covidseg.data.decoding's convention) and kept on disk.
 
-Convention: a square `size x size` uint8 grayscale array (0 = black), stretched (not padded) to the
-square with area-averaging ("box") resampling.
-- 8-bit grayscale ('L', '1', 'P', 'RGB', 'RGBA', 'LA', 'CMYK', ...) -> ITU-R 601 luma; transparent
-  pixels are composited onto black.
-- 16/32-bit integer or float grayscale ('I;16', 'I', 'F') -> linearly rescaled from the image's own
-  min..max to 0..255 (X-ray PNGs rarely use their full bit depth).
-- DICOM (the 'DICM' marker or a .dcm/.dicom suffix) -> covidseg.data.dicom: modality and VOI LUT
-  (windowing) as a viewer applies them, MONOCHROME1 inverted, compressed syntaxes through pydicom's plugins.
+The cache (ImageCache, on covidseg.data.store) has two levels:
+- the file index (`<cache>/files.sqlite`): path -> (size, mtime_ns, ctime_ns, inode) -> SHA-1 of the
+  file's bytes and its header's width x height. A file is read and hashed only when one of the four stat
+  fields changed (or its entry is too fresh to trust), so a warm start reads no image file at all; a file
+  replaced in place is hashed again, also when its size and mtime were restored.
+- the array store (`<cache>/arrays/<size>[-<hist|clahe<clip>>]/`): SHA-1 -> one row of a memory-mapped
+  uint8 file, for each size and intensity preprocessing (covidseg.data.intensity; plain and equalised
+  arrays never mix). Renamed or moved files are hashed once and then hit it; edited files miss it.
+Cold misses are decoded on all cores and appended in batches as they come, so an interrupted cold start
+keeps its work; what is on disk is checked on opening (covidseg.data.store), not trusted blindly.
+Callers get an ArrayView (rows read from the file when indexed), never a stack of the whole data set.
+The per-file `.npy` entries under `<cache>/images/` of older versions are no longer read.
 
-The cache key is the SHA-1 of the file's bytes plus the size and the intensity preprocessing
-(covidseg.data.intensity: plain images under `images/<size>/`, equalised ones under
-`images/<size>-<hist|clahe<clip>>/`, so the two never mix), so renamed or moved files still hit
-and edited files miss. Files are written to a temporary name and renamed, so concurrent runs never
-read half-written arrays. Deleting the cache folder only costs time.
-
-Refused images (`BadImage`, a UserError): unreadable files, images smaller than `min_side` on either
-side (the classifier uses MIN_SIDE: a 1x1 file would become a flat grey square), and images above
-PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS; PIL only warns between 1x and 2x the limit,
-covidseg refuses both). The checks read only the header and run before the cache is consulted, so a
-refused image never gets a cache entry and an entry cached before a check existed is not trusted.
+Refused images (covidseg.data.decoding.BadImage) are checked by header when a file is hashed, and the size
+checks run again on every load from the recorded width x height, so a cache hit never bypasses them and an
+entry recorded before a check existed (or under a smaller min_side) is not trusted. A refused image gets
+no entry.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from covidseg.data import dicom, intensity
+from covidseg.data import intensity
+from covidseg.data.decoding import BadImage, check_image, check_size, decode, read_image_bytes
+from covidseg.data.parallel import default_workers, ordered_map
+from covidseg.data.store import ArrayStore, ArrayView, FileEntry, FileIndex
 from covidseg.errors import UserError
+
+__all__ = ["MIN_SIDE", "BadImage", "ImageCache", "atomic_save", "check_image", "decode", "file_digest"]
 
 log = logging.getLogger(__name__)
 
-
 MIN_SIDE = 32  # smallest source image (px, either side) the classifier accepts
 SKIP_LOG_LIMIT = 5  # skipped images named one by one in the log; the rest only in the summary
-FIX = "Replace or remove the file, or set data.on_bad_image=skip."
-
-
-class BadImage(UserError):
-    """An image file covidseg refuses; `reason` (unreadable, too_small, too_large, no_decoder) is counted in
-    skip mode."""
-
-    def __init__(self, problem: str, reason: str, fix: str = FIX):
-        super().__init__(f"{problem} {fix}")
-        self.problem, self.reason = problem, reason
+APPEND_BYTES = 32 << 20  # decoded arrays appended to the store per batch (what a killed cold start loses)
 
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
-def read_image_bytes(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
-
-
-@contextmanager
-def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[Image.Image]:
-    """The opened (not yet decoded) image in `data`, after the size checks; every failure is a BadImage."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if min(width, height) < min_side:
-                    raise BadImage(
-                        f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} "
-                        "px on each side (a smaller image holds no usable X-ray detail).",
-                        "too_small",
-                    )
-                yield image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(
-            f"Image {path} is too large to decode safely: {err}",
-            "too_large",
-            "Downscale the file (it is resized to data.image_size anyway), or remove it, or set "
-            "data.on_bad_image=skip.",
-        ) from err
-    except UnidentifiedImageError as err:
-        raise BadImage(f"Cannot read image {path}: not in a format PIL can read.", "unreadable") from err
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
-
-
-@contextmanager
-def dicom_refusals() -> Iterator[None]:
-    """covidseg.data.dicom's refusals as BadImage, so DICOM files are skipped and counted like the rest."""
-    try:
-        yield
-    except dicom.DicomRefused as err:
-        raise BadImage(err.problem, err.reason, err.fix or FIX) from err
-
-
-def check_image(path: str | Path, data: bytes, min_side: int = 0) -> None:
-    """The header checks alone (format readable, size within limits); the pixels are not decoded."""
-    if dicom.is_dicom(path, data):
-        with dicom_refusals():
-            dicom.check_header(path, data, min_side)
-        return
-    with open_checked(path, data, min_side):
-        pass
-
-
-def full_resolution(path: str | Path, data: bytes, min_side: int = 0) -> np.ndarray:
-    """The file's pixels as a uint8 grayscale array at its own size, by the module docstring's rules."""
-    if dicom.is_dicom(path, data):
-        with dicom_refusals():
-            return dicom.to_grayscale_uint8(path, data, min_side)
-    with open_checked(path, data, min_side) as image:
-        image.load()
-        return to_grayscale_uint8(image)
-
-
-def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
-    """Full-resolution uint8 grayscale array following the convention in the module docstring."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        scaled = (values - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(values)
-        return np.round(scaled).astype(np.uint8)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, rgba)
-    return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
-def decode(path: str | Path, size: int, min_side: int = 0, data: bytes | None = None) -> np.ndarray:
-    """Read one image file (or its bytes, if given) and return it as a (size, size) uint8 array."""
-    data = read_image_bytes(path) if data is None else data
-    gray = full_resolution(path, data, min_side)
-    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BOX)
-    return np.asarray(resized, dtype=np.uint8)
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
@@ -161,13 +64,36 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
         raise
 
 
+def probe(path: str, data: bytes, min_side: int = 0) -> tuple[int, int]:
+    """The file index's probe: header checks, (width, height)."""
+    return check_image(path, data, min_side)
+
+
+def decode_task(task: tuple[str, str, int, int, str, float]) -> np.ndarray | BadImage:
+    """One cold miss, in a worker: (path, digest, size, min_side, equalize, clahe_clip) -> the array, or the
+    refusal (returned, not raised, so that the caller decides in path order)."""
+    path, digest, size, min_side, equalize, clahe_clip = task
+    try:
+        data = read_image_bytes(path)
+        if hashlib.sha1(data).hexdigest() != digest:  # replaced since it was hashed: never file it wrongly
+            raise BadImage(
+                f"Image {path} changed while covidseg was reading it.",
+                "unreadable",
+                "Run again once the files stay unchanged, or set data.on_bad_image=skip.",
+            )
+        return intensity.equalize(decode(path, size, min_side, data), equalize, clahe_clip)
+    except BadImage as err:
+        return err
+
+
 class ImageCache:
-    """Decoded, resized uint8 images on disk under `root/images/<size>[-<preprocessing>]/`, keyed by
-    file content.
+    """Decoded, resized uint8 images at rest: a file index under `root` and an array store under
+    `root/arrays/<size>[-<preprocessing>]/` (module docstring).
 
     min_side: smaller source images are refused (BadImage), also when an older run cached them.
     equalize, clahe_clip: intensity standardisation applied after resizing (covidseg.data.intensity);
     the default `none` gives the plain images (what the segmenter was trained on).
+    workers: processes that decode cold misses (default: every core this process may use).
     """
 
     def __init__(
@@ -177,69 +103,129 @@ class ImageCache:
         min_side: int = 0,
         equalize: str = "none",
         clahe_clip: float = 2.0,
+        workers: int | None = None,
     ):
         tag = intensity.preprocessing_tag(equalize, clahe_clip)
-        self.folder = Path(root) / "images" / (f"{size}-{tag}" if tag else str(size))
+        self.root = Path(root)
+        self.folder = self.root / "arrays" / (f"{size}-{tag}" if tag else str(size))
         self.size = size
         self.min_side = min_side
         self.equalize, self.clahe_clip = equalize, clahe_clip
-        self.hits = 0
-        self.misses = 0
+        self.workers = workers or default_workers()
+        self.hits = 0  # images served from the store
+        self.misses = 0  # images decoded
         self.skip_reasons: Counter[str] = Counter()  # load_many in skip mode: {reason: count}
         self.skipped_problems: list[str] = []  # load_many in skip mode: what was wrong, one per skipped file
+        self._index: FileIndex | None = None
+        self._store: ArrayStore | None = None
+
+    @property
+    def index(self) -> FileIndex:
+        if self._index is None:
+            self._index = FileIndex(self.root)
+        return self._index
+
+    @property
+    def store(self) -> ArrayStore:
+        if self._store is None:
+            self._store = ArrayStore(self.folder, (self.size, self.size))
+        return self._store
 
     def load(self, path: str | Path) -> tuple[np.ndarray, str]:
-        """The cached array for one image file and the file's content digest."""
-        data = read_image_bytes(path)
-        digest = hashlib.sha1(data).hexdigest()
-        check_image(path, data, self.min_side)  # header checks only: a cache hit must not bypass them
-        cached = self.folder / digest[:2] / f"{digest}.npy"
-        if cached.is_file():
-            try:
-                array = np.load(cached)
-                if array.shape == (self.size, self.size):
-                    self.hits += 1
-                    return array, digest
-            except (OSError, ValueError):
-                pass  # a damaged cache entry is simply rebuilt
-        plain = decode(path, self.size, self.min_side, data)
-        array = intensity.equalize(plain, self.equalize, self.clahe_clip)
-        atomic_save(cached, array)
-        self.misses += 1
-        return array, digest
+        """The array of one image file and the file's content digest (BadImage if it is refused)."""
+        images, digests, _ = self.load_many([str(path)])
+        return images[0], digests[0]
 
     def load_many(
         self, paths: Sequence[str], on_bad_image: str = "error"
-    ) -> tuple[np.ndarray, list[str], list[int]]:
-        """Stack of arrays for `paths`, their digests, and the indices of refused files skipped.
+    ) -> tuple[ArrayView, list[str], list[int]]:
+        """A view of the arrays of `paths`, their digests, and the indices of refused files skipped.
 
-        on_bad_image: `error` stops at the first refused file; `skip` leaves it out, logs it and counts
-        its reason in `skip_reasons` and its problem in `skipped_problems`.
+        on_bad_image: `error` stops at the first refused file in path order; `skip` leaves it out, logs it
+        and counts its reason in `skip_reasons` and its problem in `skipped_problems`.
         """
         if on_bad_image not in ("error", "skip"):
             raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
-        arrays, digests, skipped = [], [], []
-        for i, path in enumerate(paths):
+        paths = [str(p) for p in paths]
+        entries = self.index.lookup(paths, partial(probe, min_side=self.min_side), refused=(BadImage,))
+        failures: dict[int, BadImage] = {}
+        for i, entry in enumerate(entries):
             try:
-                array, digest = self.load(path)
+                if isinstance(entry, OSError):
+                    raise BadImage(f"Cannot read image {paths[i]}: {entry}.", "unreadable")
+                if isinstance(entry, BadImage):
+                    raise entry
+                check_size(paths[i], entry.width, entry.height, self.min_side)
             except BadImage as err:
-                if on_bad_image == "error":
-                    raise
-                level = logging.WARNING if len(skipped) < SKIP_LOG_LIMIT else logging.DEBUG
-                log.log(level, "Skipping image (data.on_bad_image=skip): %s", err.problem)
-                self.skip_reasons[err.reason] += 1
-                self.skipped_problems.append(err.problem)
-                skipped.append(i)
-                continue
-            arrays.append(array)
-            digests.append(digest)
+                failures[i] = err
+        # error mode: nothing after the first refused header is needed, but earlier files may still fail
+        stop = min(failures) if failures and on_bad_image == "error" else len(paths)
+        wanted = [i for i in range(stop) if i not in failures]
+        found = self.store.rows_for([entries[i].digest for i in wanted])
+        rows = dict(zip(wanted, found))
+        self.hits += sum(r is not None for r in found)
+        misses = [i for i in wanted if rows[i] is None]
+        decoded, refused = self._decode(paths, entries, misses, stop_early=on_bad_image == "error")
+        failures.update(refused)
+        if failures and on_bad_image == "error":
+            raise failures[min(failures)]
+        kept = [i for i in wanted if i not in failures]
+        digests = [entries[i].digest for i in kept]
+        found_or_decoded = [rows[i] if rows[i] is not None else decoded[d] for i, d in zip(kept, digests)]
+        view = self.store.view(found_or_decoded)
+        skipped = sorted(failures)
+        self._log_skips(paths, [failures[i] for i in skipped], skipped)
+        return view, digests, skipped
+
+    def _decode(
+        self, paths: list[str], entries: list[FileEntry | Exception], indices: list[int], stop_early: bool
+    ) -> tuple[dict[str, int], dict[int, BadImage]]:
+        """Decode the files at `indices` (in parallel, in path order) into the store, batch by batch.
+
+        Returns the store row of each decoded digest and the refusals; with stop_early, nothing after the
+        first refusal. Whatever was decoded is stored, also when this is interrupted."""
+        tasks = [
+            (paths[i], entries[i].digest, self.size, self.min_side, self.equalize, self.clahe_clip)
+            for i in indices
+        ]
+        rows: dict[str, int] = {}
+        refused: dict[int, BadImage] = {}
+        batch: dict[str, np.ndarray] = {}
+        batch_rows = max(1, APPEND_BYTES // (self.size * self.size))
+
+        def flush() -> None:
+            if batch:
+                rows.update(zip(batch, self.store.append(list(batch), list(batch.values()))))
+                batch.clear()
+
+        results = ordered_map(decode_task, tasks, self.workers, f"Decoding images at {self.size} px")
+        try:
+            for i, result in zip(indices, results):
+                if isinstance(result, BadImage):
+                    refused[i] = result
+                    if stop_early:
+                        break
+                    continue
+                batch[entries[i].digest] = result
+                self.misses += 1
+                if len(batch) >= batch_rows:
+                    flush()
+        finally:
+            results.close()
+            flush()
+        return rows, refused
+
+    def _log_skips(self, paths: list[str], problems: list[BadImage], skipped: list[int]) -> None:
+        for n, err in enumerate(problems):
+            level = logging.WARNING if n < SKIP_LOG_LIMIT else logging.DEBUG
+            log.log(level, "Skipping image (data.on_bad_image=skip): %s", err.problem)
+            self.skip_reasons[err.reason] += 1
+            self.skipped_problems.append(err.problem)
         if skipped:
             log.warning(
                 "Skipped %d of %d image(s) (data.on_bad_image=skip): %s, e.g. %s",
                 len(skipped),
                 len(paths),
                 dict(self.skip_reasons),
-                [str(paths[i]) for i in skipped[:3]],
+                [paths[i] for i in skipped[:3]],
             )
-        stack = np.stack(arrays) if arrays else np.zeros((0, self.size, self.size), np.uint8)
-        return stack, digests, skipped

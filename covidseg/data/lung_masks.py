@@ -13,6 +13,7 @@ import pandas as pd
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.images import ImageCache
 from covidseg.data.split import DEFAULT_SPLIT_RATIOS, SPLITS, split_by_patient
+from covidseg.data.store import take_rows
 from covidseg.data.transforms import build_augmentation
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
@@ -90,7 +91,7 @@ class LungMaskDataModule(ArrayDataModule):
             )
         cache = ImageCache(self.cache_dir, self.image_size)
         images, _, _ = cache.load_many(list(table["image_file"]))
-        masks, _, _ = cache.load_many(list(table["mask_file"]))
+        masks = np.asarray(cache.load_many(list(table["mask_file"]))[0])  # thresholded below, in memory
         peaks = masks.reshape(len(masks), -1).max(axis=1)
         if (peaks == 0).any():
             empty = list(table["mask"][peaks == 0][:3])
@@ -104,7 +105,9 @@ class LungMaskDataModule(ArrayDataModule):
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
             transform = self.augmentation if split == "train" else None
-            self.datasets[split] = ArrayDataset(images[rows], masks[rows], self.mean, self.std, transform)
+            self.datasets[split] = ArrayDataset(
+                take_rows(images, rows), masks[rows], self.mean, self.std, transform
+            )
         log.info("Mask data %s: %s", self.root, self.split_sizes())
 
     def describe_empty(self, split: str) -> str:

@@ -1,0 +1,174 @@
+"""Which content each source file holds, remembered by path and stat, so that a warm start reads no file.
+
+One SQLite file maps an absolute path to the file's (size, mtime_ns, ctime_ns, inode) when it was last
+read, its SHA-1 digest and its header's width x height. A file is read and hashed again unless all four
+stat fields match, so a file replaced in place is caught even when its size and mtime were restored with
+os.utime (the kernel sets ctime on every change and a new file has a new inode); a moved or renamed file
+is hashed once under its new path and its digest then finds the decoded array again.
+
+An entry whose ctime is not older than RACY_NS at the time it was read is "racy" (as in git): the file
+could still change within the same timestamp tick without any stat field changing, so it is hashed again
+next time. Files the probe refuses are not recorded. A damaged index file is logged, deleted and rebuilt:
+it only costs hashing time. Several processes may use one index at once (WAL, busy timeout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RACY_NS = 1_000_000_000  # entries this fresh are re-hashed next time (timestamps have a coarse tick)
+CHUNK = 500  # SQLite parameters per query (its default limit is 999 on old builds)
+SCHEMA = """CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
+    trusted INTEGER, digest TEXT, width INTEGER, height INTEGER)"""
+
+Probe = Callable[[str, bytes], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """What the index knows of one file: its content digest and its header's size."""
+
+    digest: str
+    width: int
+    height: int
+
+
+def read_file_bytes(path: str) -> bytes:
+    """The whole file (module level, so that tests can count what is read)."""
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def connect(path: Path, schema: str) -> sqlite3.Connection:
+    """An autocommit connection to a SQLite file shared by processes; raises sqlite3.DatabaseError if the
+    file is damaged."""
+    con = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute(schema)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        con.close()
+        raise
+    return con
+
+
+def damaged(err: sqlite3.DatabaseError) -> bool:
+    """A damaged file (not a database, malformed), as opposed to a busy one or a full disk, which must not
+    cost the cache its contents."""
+    return not isinstance(err, sqlite3.OperationalError)
+
+
+def remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class FileIndex:
+    """Path -> (stat, digest, header size) for the files under a cache root (`<cache_root>/files.sqlite`)."""
+
+    def __init__(self, cache_root: str | Path):
+        self.path = Path(cache_root) / "files.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.hashed = 0  # files read and hashed by this object (index misses)
+        self.con = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return connect(self.path, SCHEMA)
+        except sqlite3.DatabaseError as err:
+            if not damaged(err):
+                raise
+            return self._rebuild(err)
+
+    def _rebuild(self, err: Exception) -> sqlite3.Connection:
+        log.warning("File index %s is damaged (%s); rebuilding it (files are hashed again).", self.path, err)
+        if getattr(self, "con", None) is not None:
+            self.con.close()
+        remove_sqlite(self.path)
+        self.con = connect(self.path, SCHEMA)
+        return self.con
+
+    def _known(self, paths: Sequence[str]) -> dict[str, tuple]:
+        known: dict[str, tuple] = {}
+        try:
+            for part in chunks(list(dict.fromkeys(paths))):
+                marks = ",".join("?" * len(part))
+                query = f"SELECT * FROM files WHERE path IN ({marks})"  # only '?' marks
+                for row in self.con.execute(query, list(part)):
+                    known[row[0]] = row[1:]
+        except sqlite3.DatabaseError as err:
+            if not damaged(err):
+                raise
+            self._rebuild(err)
+            return {}
+        return known
+
+    def lookup(
+        self, paths: Sequence[str | Path], probe: Probe, refused: tuple[type[Exception], ...] = ()
+    ) -> list[FileEntry | Exception]:
+        """One FileEntry per path, in order; a file is read, hashed and probed only when its stat changed.
+
+        probe(path, data) checks the header and returns (width, height); the exceptions in `refused` it
+        raises, and OSErrors of stat or read, are returned in the file's place (nothing is recorded for
+        it). New entries are written in one transaction.
+        """
+        absolute = [os.path.abspath(p) for p in paths]
+        known = self._known(absolute)
+        entries: list[FileEntry | Exception] = []
+        fresh: list[tuple] = []
+        for path in absolute:
+            try:
+                st = os.stat(path)
+            except OSError as err:
+                entries.append(err)
+                continue
+            stat = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            row = known.get(path)
+            if row is not None and tuple(row[:4]) == stat and row[4]:
+                entries.append(FileEntry(row[5], row[6], row[7]))
+                continue
+            checked_ns = time.time_ns()
+            try:
+                data = read_file_bytes(path)
+                width, height = probe(path, data)
+            except (OSError, *refused) as err:
+                entries.append(err)
+                continue
+            self.hashed += 1
+            entry = FileEntry(hashlib.sha1(data).hexdigest(), int(width), int(height))
+            trusted = int(st.st_ctime_ns < checked_ns - RACY_NS)
+            fresh.append((path, *stat, trusted, entry.digest, entry.width, entry.height))
+            entries.append(entry)
+        if fresh:
+            self._record(fresh)
+        return entries
+
+    def _record(self, rows: list[tuple]) -> None:
+        try:
+            with self.con:  # one transaction for the whole batch
+                self.con.execute("BEGIN IMMEDIATE")
+                self.con.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.DatabaseError as err:
+            if not damaged(err):
+                raise
+            self._rebuild(err)  # the entries are simply recorded next time
+
+    def close(self) -> None:
+        self.con.close()
