@@ -53,7 +53,7 @@ def lung_energy_summary(
 
     masks_seen(indices): the lung masks of those test images in the classifier's frame."""
     picks = energy_picks(len(test), max_images)
-    lungs = masks_seen(picks)
+    lungs = np.asarray(masks_seen(picks))  # max_images masks at most
     layer = resolve_target_layer(model.net, None)  # found once, not per batch: a search costs a forward pass
     energies, areas = [], []
     for start in range(0, len(picks), 16):
@@ -115,12 +115,12 @@ def gallery_arrays(
         "k": np.array(k),
         "picks": np.array(picks),
         "labels": np.asarray(labels)[picks].astype(str),
-        "unmasked": images,
+        "unmasked": np.asarray(images),
         "seen": np.stack([seen_image(test, i) for i in picks]),
         "probs": probs,
     }
     if lungs is not None:
-        arrays["lung_masks"] = lungs
+        arrays["lung_masks"] = np.asarray(lungs)
     layer = resolve_target_layer(model.net, None)
     for method, _ in CAM_METHODS:
         maps = cam_maps(model.net, x, positive, method=method, target_layer=layer, binary=model.binary)

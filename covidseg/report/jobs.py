@@ -4,6 +4,7 @@ masks, and how much of its Grad-CAM falls inside the lungs (lung energy)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from covidseg.cli import RESOLVED_CONFIG
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset
+from covidseg.data.store import ArrayView
 from covidseg.data.transforms import masks_as_seen
 from covidseg.errors import UserError
 from covidseg.job_cams import ENERGY_FILE, lung_energy_summary, stored_lung_energy
@@ -27,14 +29,15 @@ class JobTestData:
 
     unmasked_images: the test images before masking (uint8, N x H x W; at the load size for masked input).
     lung_masks: their 0/1 lung masks at the same size, None for a raw-input job without a segmenter.
-    masks_as_seen: the lung masks in the classifier's frame (cropped like its input, at its image size).
+    masks_seen(indices): the lung masks of those test images in the classifier's frame (cropped like its
+    input, at its image size), computed for the indices asked for only; None without lung masks.
     """
 
     model: Classifier
     datamodule: CXRDataModule
-    unmasked_images: np.ndarray
-    lung_masks: np.ndarray | None
-    masks_as_seen: np.ndarray | None
+    unmasked_images: ArrayView | np.ndarray
+    lung_masks: ArrayView | None
+    masks_seen: Callable[[np.ndarray], np.ndarray] | None
 
     @property
     def test(self) -> ArrayDataset:
@@ -64,9 +67,13 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
             return JobTestData(model, datamodule, unmasked, None, None)
         # masks are still needed to measure where the CAM looks
         lungs = masks.masks_for(list(table["file"]), list(table["digest"]), size=datamodule.image_size)
-        return JobTestData(model, datamodule, unmasked, lungs, lungs)
+        return JobTestData(model, datamodule, unmasked, lungs, lambda idx: lungs[idx])
     unmasked, lungs = images_and_masks(masks, datamodule, table)
-    seen = masks_as_seen(lungs, datamodule.crop_to_lungs, datamodule.crop_margin, datamodule.image_size)
+
+    def seen(indices: np.ndarray) -> np.ndarray:
+        crop, margin, size = datamodule.crop_to_lungs, datamodule.crop_margin, datamodule.image_size
+        return masks_as_seen(lungs[indices], crop, margin, size)
+
     return JobTestData(model, datamodule, unmasked, lungs, seen)
 
 
@@ -79,9 +86,8 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     if stored is not None:
         return stored
     job = job_test_data(job_dir, cache_dir)
-    if job.masks_as_seen is None:
+    if job.masks_seen is None:
         raise UserError(f"no lung masks for {job_dir} (segmenter.ckpt_path does not exist)")
-    seen = job.masks_as_seen
-    result = lung_energy_summary(job.model, job.test, lambda idx: seen[idx], max_images)
+    result = lung_energy_summary(job.model, job.test, job.masks_seen, max_images)
     (job_dir / ENERGY_FILE).write_text(json.dumps(result))
     return result
