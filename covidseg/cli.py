@@ -51,6 +51,7 @@ STALE_OUTPUTS = (
     "predictions.csv",
     FAILED_FILE,
     "lung_energy.json",
+    "cam_gallery.npz",
     "mask_stats.csv",
     "masks_overview.png",
 )

@@ -2,11 +2,16 @@
 
 Applying them to images is covidseg.data.transforms' job; this module makes and keeps them.
 
-A mask is cached under `<cache>/masks/<key>.npy` with key = SHA-1 of (image content, segmenter
-checkpoint content, mask resolution, post-processing settings): a second run, or every job of a sweep
-after the first, reads masks instead of running the segmenter, and a new checkpoint or new settings
-give new masks. Writes go to a temporary file and are renamed, so concurrent jobs never see partial
-masks (two jobs may both compute a missing mask; the result is identical).
+Masks are kept at rest like images (covidseg.data.store): one memory-mapped uint8 array per mask size
+under `<cache>/mask_arrays/<size>/`, a row per key = SHA-1 of (image content, segmenter checkpoint
+content, mask resolution, post-processing settings): a second run, or every job of a sweep after the
+first, reads masks instead of running the segmenter, and a new checkpoint or new settings give new masks.
+Rows are committed only once written, so concurrent jobs never see partial masks (two jobs may both
+compute a missing mask; the first stored wins, the result is identical). Callers get lazy views.
+
+The loaded network is shared by every MaskSource of one process that reads the same checkpoint (same file
+content, same device): the jobs of a sweep under Hydra's basic launcher run one after another in one
+process and load the segmenter once; the checkpoint is hashed again only when its size or mtime changed.
 """
 
 from __future__ import annotations
@@ -22,13 +27,48 @@ import numpy as np
 import pandas as pd
 import torch
 
-from covidseg.data.images import ImageCache, atomic_save, file_digest
+from covidseg.data.derived import derived_rows
+from covidseg.data.images import ImageCache, file_digest
+from covidseg.data.store import ArrayStore, ArrayView
 from covidseg.data.transforms import resize_mask
 from covidseg.errors import UserError
-from covidseg.models.segmenter import load_segmenter
+from covidseg.models.segmenter import Segmenter, load_segmenter
 from covidseg.plots import overlay_grid
 
 log = logging.getLogger(__name__)
+
+# Resolved checkpoint path -> (size, mtime_ns, SHA-1): a file is hashed again only when it changed.
+_CHECKPOINT_DIGESTS: dict[str, tuple[int, int, str]] = {}
+# (resolved checkpoint path, SHA-1, device) -> the loaded network; one entry per path (the latest file).
+_SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-1 of a checkpoint file's content, remembered per process while its size and mtime stay the same."""
+    path = Path(path)
+    stat = path.stat()
+    key = str(path.resolve())
+    known = _CHECKPOINT_DIGESTS.get(key)
+    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    digest = file_digest(path)
+    _CHECKPOINT_DIGESTS[key] = (stat.st_size, stat.st_mtime_ns, digest)
+    return digest
+
+
+def shared_segmenter(path: str | Path, device: str) -> tuple[Segmenter, str]:
+    """The segmenter in checkpoint `path` on `device` (eval mode) and the checkpoint's SHA-1, loaded once per
+    process and file content: a replaced checkpoint is loaded again, and its old network let go."""
+    path = Path(path)
+    if not path.is_file():
+        load_segmenter(path)  # raises the UserError that says how to make a segmenter
+    digest = checkpoint_digest(path)
+    key = (str(path.resolve()), digest, device)
+    if key not in _SEGMENTERS:
+        for stale in [k for k in _SEGMENTERS if k[0] == key[0]]:
+            del _SEGMENTERS[stale]
+        _SEGMENTERS[key] = load_segmenter(path).to(device).eval()
+    return _SEGMENTERS[key], digest
 
 
 class MaskSource:
@@ -48,12 +88,10 @@ class MaskSource:
         self.ckpt_path = Path(ckpt_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # Loading (not running) the network up front checks the checkpoint before any training starts.
-        self.model = load_segmenter(self.ckpt_path).to(self.device).eval()
-        self.ckpt_digest = file_digest(self.ckpt_path)
+        self.model, self.ckpt_digest = shared_segmenter(self.ckpt_path, self.device)
         hp = self.model.hparams
         self.image_size, self.mean, self.std = int(hp.image_size), float(hp.mean), float(hp.std)
         self.postprocess = dict(postprocess if postprocess is not None else hp.postprocess or {})
-        self.model.postprocess_settings = self.postprocess
         self.batch_size, self.background = int(batch_size), int(background)
         self.min_area, self.max_area = float(min_area_fraction), float(max_area_fraction)
         self.cache_dir = Path(cache_dir)
@@ -61,20 +99,44 @@ class MaskSource:
         settings = json.dumps({"size": self.image_size, "post": self.postprocess}, sort_keys=True)
         self._settings_key = f"{self.ckpt_digest}:{settings}"
 
-    def _path(self, image_digest: str) -> Path:
-        key = hashlib.sha1(f"{image_digest}:{self._settings_key}".encode()).hexdigest()
-        return self.cache_dir / "masks" / key[:2] / f"{key}.npy"
+    def mask_keys(self, digests: Sequence[str]) -> list[str]:
+        """The key of each image's mask: image content + segmenter checkpoint content + settings."""
+        return [hashlib.sha1(f"{d}:{self._settings_key}".encode()).hexdigest() for d in digests]
+
+    def _store(self, size: int) -> ArrayStore:
+        return ArrayStore(self.cache_dir / "mask_arrays" / str(size), (size, size))
 
     def masks_for(
         self, files: Sequence[str], digests: Sequence[str] | None = None, size: int | None = None
-    ) -> np.ndarray:
-        """0/1 masks (N, size, size) for image files; predicted in batches only for cache misses.
+    ) -> ArrayView:
+        """0/1 masks (N, size, size) of image files, as a lazy view on the mask store; predicted in batches
+        only for masks no store has (hits/misses count them), resized chunk by chunk for another size.
 
-        Each batch is cached as soon as it is predicted, so an interrupted run keeps what it made.
+        Each batch is stored as soon as it is predicted, so an interrupted run keeps what it made.
         """
+        files = list(files)
         digests = list(digests) if digests is not None else [file_digest(f) for f in files]
-        masks: list[np.ndarray | None] = [self._cached(d) for d in digests]
-        missing = [i for i, m in enumerate(masks) if m is None]
+        keys = self.mask_keys(digests)
+        size = size or self.image_size
+        if size == self.image_size:
+            return self._predicted(files, keys)
+        counted = len(files)
+
+        def resized(indices: list[int]) -> np.ndarray:
+            nonlocal counted
+            counted -= len(indices)  # _predicted counts these
+            base = self._predicted([files[i] for i in indices], [keys[i] for i in indices])
+            return np.stack([resize_mask(base[j], size) for j in range(len(indices))])
+
+        view = derived_rows(self._store(size), keys, resized)
+        self.hits += counted
+        return view
+
+    def _predicted(self, files: list[str], keys: list[str]) -> ArrayView:
+        """Masks at the segmenter's size, predicted (batch by batch, stored at once) where missing."""
+        store = self._store(self.image_size)
+        found = store.rows_for(keys)
+        missing = [i for i, row in enumerate(found) if row is None]
         self.hits += len(files) - len(missing)
         self.misses += len(missing)
         if missing:
@@ -86,20 +148,10 @@ class MaskSource:
             )
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
-            for i, mask in zip(batch, self._predict([files[i] for i in batch])):
-                atomic_save(self._path(digests[i]), mask)
-                masks[i] = mask
-        size = size or self.image_size
-        return (
-            np.stack([resize_mask(m, size) for m in masks]) if masks else np.zeros((0, size, size), np.uint8)
-        )
-
-    def _cached(self, image_digest: str) -> np.ndarray | None:
-        path = self._path(image_digest)
-        try:
-            return np.load(path) if path.is_file() else None
-        except (OSError, ValueError):
-            return None  # damaged entry: predict again
+            predicted = self._predict([files[i] for i in batch])
+            for i, row in zip(batch, store.append([keys[i] for i in batch], predicted)):
+                found[i] = row
+        return store.view(found)
 
     def _predict(self, files: Sequence[str]) -> list[np.ndarray]:
         """Post-processed masks of one batch of image files (plain images: what the segmenter was trained
@@ -107,6 +159,8 @@ class MaskSource:
         images, _, _ = ImageCache(self.cache_dir, self.image_size).load_many(list(files))
         batch = torch.from_numpy(np.asarray(images)).unsqueeze(1).float().div(255.0)
         self.network_calls += 1
+        # The network may be shared with sources of other settings: set this source's before each use.
+        self.model.postprocess_settings = self.postprocess
         with torch.no_grad():
             return list(self.model.predict_masks(((batch - self.mean) / self.std).to(self.device)))
 
@@ -121,8 +175,8 @@ class MaskSource:
     def quality_report(
         self,
         table: pd.DataFrame,
-        images: np.ndarray,
-        masks: np.ndarray,
+        images: ArrayView | np.ndarray,
+        masks: ArrayView | np.ndarray,
         out_dir: str | Path,
         per_class: int = 6,
         seed: int = 0,
@@ -131,7 +185,7 @@ class MaskSource:
         masks_overview.png (a sample of each class with the predicted lung contour; up to half of each
         row are flagged images, marked "!")."""
         out_dir = Path(out_dir)
-        area = masks.reshape(len(masks), -1).mean(axis=1)
+        area = lung_area_fractions(masks)
         stats = table[["path", "label", "patient_id"]].copy()
         stats["lung_area_fraction"] = area.round(4)
         stats["implausible"] = (area < self.min_area) | (area > self.max_area)
@@ -170,11 +224,18 @@ class MaskSource:
         return stats
 
 
-def images_and_masks(
-    source: MaskSource, datamodule: Any, rows: pd.DataFrame
-) -> tuple[np.ndarray, np.ndarray]:
+def lung_area_fractions(masks: ArrayView | np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Each mask's share of lung pixels, read a chunk of masks at a time."""
+    parts = [
+        np.asarray(masks[i : i + chunk]).reshape(-1, masks.shape[-1] ** 2).mean(axis=1)
+        for i in range(0, len(masks), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def images_and_masks(source: MaskSource, datamodule: Any, rows: pd.DataFrame) -> tuple[ArrayView, ArrayView]:
     """The unmasked images of a data module's `rows` (as it decodes them) and their 0/1 lung masks, at its
-    load size: what a segmented run masked, re-read from the caches instead of kept in memory."""
+    load size: what a segmented run masked, as lazy views on the stores instead of kept in memory."""
     masks = source.masks_for(list(rows["file"]), list(rows["digest"]), size=datamodule.load_size)
     return datamodule.decoded_images(rows), masks
 
@@ -222,7 +283,7 @@ def trained_mask_source(
             f"The classifier was trained on data.input={input_mode} with lung masks from {trained_with} "
             f"(SHA-1 {recorded or 'not recorded'}); segmenter checkpoint {path} does not exist. {fix}"
         )
-    digest = file_digest(path)
+    digest = checkpoint_digest(path)
     if recorded is None:
         log.warning(
             "Cannot check that %s is the segmenter the classifier was trained with (no SHA-1 recorded)", path

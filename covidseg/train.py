@@ -1,13 +1,15 @@
 """covidseg-train: train one classifier (Hydra; `-m` for sweeps) and write its run directory.
 
 Run directory: .hydra/config.yaml, splits.csv, checkpoints/{best,last}.ckpt, metrics.json,
-predictions.csv (test split), csv/metrics.csv (per-epoch curves), wandb/ (if enabled).
+predictions.csv (test split), lung_energy.json + cam_gallery.npz (for covidseg-report), csv/metrics.csv
+(per-epoch curves), wandb/ (if enabled).
 resume=true with the same hydra.run.dir continues an interrupted run from last.ckpt (covidseg.resume).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from covidseg.cli import RESOLVED_CONFIG, hydra_entry, in_multirun, run_dir
 from covidseg.data.datamodule import CXRDataModule
+from covidseg.errors import UserError
 from covidseg.evaluation import test_and_write, test_external
+from covidseg.job_cams import write_job_cams
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.objective import check_optimized_metric, objective
@@ -83,7 +87,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         if datamodule.external:
             extra.update(test_external(trainer, model, datamodule, out_dir, best))
-        return test_and_write(trainer, model, datamodule, out_dir, best, extra)
+        metrics = test_and_write(trainer, model, datamodule, out_dir, best, extra)
+        leave_cams_for_report(cfg, out_dir, model, datamodule, masks)
+        return metrics
 
     resume_from = checkpoint_to_resume(cfg, out_dir)
     metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate, resume_from)
@@ -92,6 +98,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
     log.info("Run directory: %s", out_dir)
     return metrics
+
+
+def leave_cams_for_report(
+    cfg: DictConfig, out_dir: Path, model: Classifier, datamodule: CXRDataModule, masks: Any
+) -> None:
+    """lung_energy.json and cam_gallery.npz from the tested model, so covidseg-report reloads nothing; raw
+    runs measure against the segmenter's masks when one exists, as the report does. A failure only warns:
+    the report then computes them itself."""
+    wanted = cfg.get("report") or {}
+    start = time.perf_counter()
+    try:
+        lungs = masks or mask_source(cfg.segmenter, cfg.paths.cache_dir, cfg.data.input, optional=True)
+        write_job_cams(
+            out_dir, model, datamodule, lungs, wanted.get("energy_images", 64), wanted.get("cam_images", 8)
+        )
+    except (ValueError, RuntimeError, UserError) as err:
+        log.warning("No lung energy / CAM gallery arrays for the report (it will compute them): %s", err)
+    log.info("Grad-CAM for the report: %.1f s", time.perf_counter() - start)
 
 
 def train_objective(cfg: DictConfig) -> float | None:

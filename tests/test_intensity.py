@@ -115,6 +115,7 @@ def test_the_segmenter_gets_plain_images_after_equalized_ones_were_cached(tmp_pa
     ImageCache(tmp_path / "cache", 32, equalize="hist").load(path)  # the classifier's run went first
     source = MaskSource.__new__(MaskSource)  # only what _predict uses: no checkpoint needed
     source.cache_dir, source.image_size, source.mean, source.std = tmp_path / "cache", 32, 0.0, 1.0
+    source.postprocess = {}
     source.model, source.device, source.network_calls = _RecordingSegmenter(), "cpu", 0
     source._predict([str(path)])
     given = source.model.inputs[0][0, 0].numpy() * 255.0

@@ -289,3 +289,33 @@ def test_three_classes_bootstrap_accuracy_only(tmp_path):
     assert "only accuracy is bootstrapped" in text
     boot = table_rows(text, "Pooled paired patient bootstrap")
     assert [r.split("|")[3].strip() for r in boot] == ["Accuracy"]
+
+
+def test_the_report_uses_the_lung_energy_and_cam_arrays_the_jobs_left_without_reloading(tmp_path):
+    sweep = seed_sweep(tmp_path / "sweep")
+    k, rng = 4, np.random.default_rng(0)
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        energy = {"lung_energy": 0.25, "lung_area": 0.5, "n_images": 8, "max_images": 8}
+        (job / "lung_energy.json").write_text(json.dumps(energy))
+        images = rng.integers(0, 255, (k, 32, 32), dtype=np.uint8)
+        np.savez_compressed(
+            job / "cam_gallery.npz",
+            k=np.array(k),
+            picks=np.arange(k),
+            labels=np.array(["covid", "covid", "normal", "normal"]),
+            unmasked=images,
+            seen=images,
+            probs=np.full(k, 0.5, np.float32),
+            lung_masks=(images > 128).astype(np.uint8),
+            **{m: rng.integers(0, 255, (k, 32, 32), dtype=np.uint8) for m in ("gradcam", "gradcam++")},
+        )
+    # No job has a checkpoint: any reload would fail and leave a NaN or no gallery.
+    text = build_report(sweep, cam_images=k, energy_images=8, n_boot=20).read_text()
+    results = pd.read_csv(sweep / "results.csv")
+    assert (results["lung_energy"] == 0.25).all() and (results["lung_area"] == 0.5).all()
+    assert "](cam_gallery.png)" in text and (sweep / "cam_gallery.png").is_file()
+    # other numbers of images than the jobs left are computed again: here they cannot be
+    (sweep / "cam_gallery.png").unlink()
+    build_report(sweep, cam_images=k + 1, energy_images=16, n_boot=20)
+    results = pd.read_csv(sweep / "results.csv")
+    assert results["lung_energy"].isna().all() and not (sweep / "cam_gallery.png").exists()

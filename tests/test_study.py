@@ -1,5 +1,6 @@
 """A real tiny sweep through the Hydra CLI, then covidseg-report on it."""
 
+import json
 import re
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
         "data.batch_size=16",
         "trainer.max_epochs=2",
         "logger=wandb",
+        "report.energy_images=8",  # what the report below asks for: it reads the jobs' own files
+        "report.cam_images=4",
         f"segmenter.ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
         f"hydra.sweep.dir={sweep}",
         env=own_cache,
@@ -60,6 +63,9 @@ def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
     assert set(failed["backbone"]) == {"resnet181"} and failed["error"].str.contains("not a timm model").all()
     for column in ["test/acc", "test/f1", "test/auroc"]:
         assert ok[column].between(0, 1).all(), column
+    for job in ok["dir"]:  # every finished job measured its own lung energy (raw ones with the segmenter)
+        assert json.loads((Path(job) / "lung_energy.json").read_text())["max_images"] == 8
+        assert (Path(job) / "cam_gallery.npz").is_file()
     # an all-zero CAM (possible after 2 epochs) has no lung share: NaN, shown as "–"
     assert ok["lung_energy"].dropna().between(0, 1).all() and ok["lung_energy"].notna().sum() >= 2
     segmented = ok[ok["input"] == "segmented"]

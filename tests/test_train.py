@@ -39,6 +39,8 @@ def test_tiny_training_meets_the_run_directory_contract(tiny_run):
         "predictions.csv",
     ]:
         assert (tiny_run / name).is_file(), name
+    # the gallery's arrays for covidseg-report; no lung energy: raw input and no segmenter to measure with
+    assert (tiny_run / "cam_gallery.npz").is_file() and not (tiny_run / "lung_energy.json").exists()
     metrics = read_metrics(tiny_run)
     for key in CONTRACT_FLOATS:
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key

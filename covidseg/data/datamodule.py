@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
+from covidseg.data.derived import masked_inputs
 from covidseg.data.images import MIN_SIDE, ImageCache
-from covidseg.data.intensity import check_equalize
+from covidseg.data.intensity import check_equalize, preprocessing_tag
 from covidseg.data.manifest import load_manifest
 from covidseg.data.selection import check_external_sets, select_classes, stratified_subset
 from covidseg.data.split import (
@@ -34,7 +35,7 @@ from covidseg.data.split import (
     write_splits,
 )
 from covidseg.data.store import ArrayView, take_rows
-from covidseg.data.transforms import MASK_MODES, apply_masks, build_augmentation
+from covidseg.data.transforms import MASK_MODES, build_augmentation
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
 
@@ -174,8 +175,7 @@ class CXRDataModule(ArrayDataModule):
             **{f"patients_{s}": int(table.loc[table["split"] == s, "patient_id"].nunique()) for s in SPLITS},
         }
         if self.input != "raw":
-            # masked input is materialised until masks come from a store as well (covidseg.masks)
-            images = self._apply_masks(np.asarray(images), list(table["file"]), list(table["digest"]))
+            images = self._apply_masks(images, list(table["file"]), list(table["digest"]))
         self.table = table
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
@@ -238,21 +238,27 @@ class CXRDataModule(ArrayDataModule):
             f"or other data.split_ratios (now {self.split_ratios}); a class needs at least 3 patients."
         )
 
-    def _apply_masks(self, images: np.ndarray, files: list[str], digests: list[str]) -> np.ndarray:
+    def _apply_masks(self, images: ArrayView, files: list[str], digests: list[str]) -> ArrayView:
+        """The masked (and cropped) model inputs of `images`, a view on their store (covidseg.data.derived):
+        computed chunk by chunk for rows it lacks, only looked up by a warm run."""
         if self.masks is None:
             raise UserError(
                 f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`)."
             )
         masks = self.masks.masks_for(files, digests, size=images.shape[-1])
         self.stats.update(self.masks.stats())
-        return apply_masks(
+        return masked_inputs(
+            self.cache_dir,
             images,
+            digests,
             masks,
+            self.masks.mask_keys(digests),
             self.input,
             self.crop_to_lungs,
             self.crop_margin,
-            background=self.masks.background,
-            out_size=self.image_size,
+            self.masks.background,
+            self.image_size,
+            preprocessing_tag(self.equalize, self.clahe_clip),
         )
 
     def prediction_inputs(self, files: Sequence[str]) -> tuple[pd.DataFrame, ArrayDataset]:
@@ -267,8 +273,7 @@ class CXRDataModule(ArrayDataModule):
         readable = table.index[table["error"].isna()]
         table.loc[readable, "digest"] = digests
         if self.input != "raw" and len(readable):
-            # masked input is materialised until masks come from a store as well (covidseg.masks)
-            images = self._apply_masks(np.asarray(images), list(table.loc[readable, "file"]), digests)
+            images = self._apply_masks(images, list(table.loc[readable, "file"]), digests)
         targets = np.zeros(len(images), dtype=np.int64)
         return table, ArrayDataset(images, targets, self.mean, self.std)
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from covidseg.errors import UserError
-from covidseg.explain import cam_maps
+from covidseg.job_cams import CAM_METHODS, gallery_arrays, stored_gallery
 from covidseg.plots import pyplot
 from covidseg.report.collect import INPUT_ORDER, compared_groups, finished, run_key, select_jobs
-from covidseg.report.jobs import JobTestData, job_test_data
+from covidseg.report.jobs import job_test_data
 
 log = logging.getLogger("covidseg.report")
 
@@ -118,61 +117,72 @@ def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str |
     """cam_gallery.png: K test images of both classes (first seed, and fold): image, lung mask, and Grad-CAM /
     Grad-CAM++ of the raw and the segmented model of each backbone, over the image that model saw.
 
-    A job whose model cannot be reloaded (no checkpoint) is left out with a warning; False when no job
-    could be, and no figure was written."""
+    Each job's maps come from the cam_gallery.npz it left, or (older jobs, another K) from its reloaded
+    model. A job whose model cannot be reloaded (no checkpoint) is left out with a warning; False when no
+    job could be, and no figure was written."""
     plt = pyplot()
     ok = finished(jobs)
     first = min(run_key(job) for _, job in ok.iterrows())  # raw and segmented share this split
     models = [(b, i) for b, i in compared_groups(jobs) if i in ("raw", "segmented")]
-    loaded: dict[tuple[str, str], JobTestData] = {}
+    loaded: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for backbone, input_ in models:
         job = select_jobs(ok, backbone, input_)
         job = job[[run_key(r) == first for _, r in job.iterrows()]]
         if not len(job):
             continue
         try:
-            loaded[(backbone, input_)] = job_test_data(Path(job.iloc[0]["dir"]), cache_dir)
+            loaded[(backbone, input_)] = _gallery_arrays(Path(job.iloc[0]["dir"]), k, cache_dir)
         except UserError as err:
             log.warning("CAM gallery without job %s: %s", job.iloc[0]["job"], err)
     if not loaded:
         return False
     reference = next(iter(loaded.values()))
-    targets = reference.test.targets.numpy()
-    picks = []
-    for cls in np.unique(targets)[::-1]:  # positive class first
-        picks.extend(np.flatnonzero(targets == cls)[: -(-k // len(np.unique(targets)))].tolist())
-    picks = picks[:k]
+    picks = reference["picks"]
+    for model in [m for m, a in loaded.items() if not np.array_equal(a["picks"], picks)]:
+        log.warning("CAM gallery without %s %s: its test split differs from the other models'", *model)
+        del loaded[model]
     columns = 2 + 2 * len(loaded)
     fig, axes = plt.subplots(len(picks), columns, figsize=(1.6 * columns, 1.75 * len(picks)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    table = reference.datamodule.table
-    labels = table[table["split"] == "test"]["label"].to_numpy()
-    for r, i in enumerate(picks):
-        axes[r, 0].imshow(reference.unmasked_images[i], cmap="gray")
-        axes[r, 0].set_title(f"{labels[i]}", fontsize=6)
-        if reference.lung_masks is not None:
-            axes[r, 1].imshow(reference.lung_masks[i], cmap="gray")
-        axes[r, 1].set_title("lung mask" if reference.lung_masks is not None else "no segmenter", fontsize=6)
+    lungs = reference.get("lung_masks")
+    for r in range(len(picks)):
+        axes[r, 0].imshow(reference["unmasked"][r], cmap="gray")
+        axes[r, 0].set_title(f"{reference['labels'][r]}", fontsize=6)
+        if lungs is not None:
+            axes[r, 1].imshow(lungs[r], cmap="gray")
+        axes[r, 1].set_title("lung mask" if lungs is not None else "no segmenter", fontsize=6)
     col = 2
-    for (backbone, input_), job in loaded.items():
-        model, test = job.model, job.test
-        x = torch.stack([test[i][0] for i in picks])
-        positive = len(model.class_names) - 1 if model.binary else None
-        with torch.no_grad():
-            probs = model.probabilities(model.eval()(x))[:, -1].numpy()
-        for method, name in (("gradcam", "Grad-CAM"), ("gradcam++", "Grad-CAM++")):
-            cams = cam_maps(model.net, x, target_class=positive, method=method, binary=model.binary)
-            for r, cam in enumerate(cams):
-                seen = test.images[picks[r], 0].numpy()
+    for (backbone, input_), arrays in loaded.items():
+        for method, name in CAM_METHODS:
+            for r, cam in enumerate(arrays[method]):
+                seen = arrays["seen"][r]
                 axes[r, col].imshow(seen, cmap="gray")
                 axes[r, col].imshow(cam, cmap="jet", alpha=0.45, extent=(0, seen.shape[1], seen.shape[0], 0))
-                axes[r, col].set_title(f"{backbone[:14]} {input_[:3]}\n{name} p={probs[r]:.2f}", fontsize=5)
+                axes[r, col].set_title(
+                    f"{backbone[:14]} {input_[:3]}\n{name} p={arrays['probs'][r]:.2f}", fontsize=5
+                )
             col += 1
     fig.tight_layout()
     fig.savefig(out_dir / "cam_gallery.png", dpi=110)
     plt.close(fig)
     return True
+
+
+def _gallery_arrays(job_dir: Path, k: int, cache_dir: str | None) -> dict[str, np.ndarray]:
+    """One model's gallery arrays: those the job left, else computed from its reloaded model and test data."""
+    stored = stored_gallery(job_dir, k)
+    if stored is not None:
+        return stored
+    job = job_test_data(job_dir, cache_dir)
+    table = job.datamodule.table
+    labels = table[table["split"] == "test"]["label"].to_numpy()
+
+    def unmasked(picks: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        lungs = None if job.lung_masks is None else job.lung_masks[picks]
+        return job.unmasked_images[picks], lungs
+
+    return gallery_arrays(job.model, job.test, labels, unmasked, k)
 
 
 def plot_external_auroc(cells: dict[str, dict[tuple[str, str], dict]], out_dir: Path) -> str:
