@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import bench_data
-import bench_train
 import torch
 
 from covidseg.paths import data_dir
@@ -110,6 +109,7 @@ def extrapolate(
         if len(ns) > 1:
             slope = (peak[ns[-1]] - peak[ns[0]]) / (ns[-1] - ns[0])
             out["run_rss_anon_kb_per_image"] = slope * 1024
+            out["run_from"] = f"N={ns[0]} and N={ns[-1]}"
             out["run_rss_anon_mb"] = peak[ns[-1]] + slope * (NIH_IMAGES - ns[-1])
     return out
 
@@ -209,8 +209,8 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
                 label,
                 f"peak RssAnon of a run at {e['run_image_size']} px",
                 gb(e["run_rss_anon_mb"]),
-                f"linear, {e['run_rss_anon_kb_per_image']:.1f} kB per image measured; uint8 arrays "
-                f"would be {gb(e['uint8_arrays_mb'])}",
+                f"linear, {e['run_rss_anon_kb_per_image']:.1f} kB per image between {e['run_from']}; "
+                f"uint8 arrays would be {gb(e['uint8_arrays_mb'])}",
             )
         )
     speeds = results.get("backbones")
@@ -294,6 +294,8 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     started = time.perf_counter()
     print(f"Machine: {describe(results['machine'])}", flush=True)
+    if {"train", "sweep", "backbones"} & set(args.sections):
+        import bench_train  # imports Lightning and timm: not needed by the data sections
     if "train" in args.sections:
         print("== train: covidseg vs bare loop (CPU)", flush=True)
         results["train_cpu"] = bench_train.throughput(
@@ -331,9 +333,20 @@ def main() -> None:
     if results.get("setup") or results.get("rss"):
         results["extrapolation"] = extrapolate(results.get("setup"), results.get("rss"), args.setup_size)
     results["bench_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = os.getloadavg()
     print(f"\nMachine: {describe(results['machine'])}\n")
     print(table(results, args))
-    print(f"\n(bench took {results['bench_seconds'] / 60:.1f} min)")
+    busy = max(results["machine"]["load_average_at_start"][0], results["load_average_at_end"][0])
+    print(
+        f"\n(bench took {results['bench_seconds'] / 60:.1f} min; 1-minute load average at start / end "
+        f"{results['machine']['load_average_at_start'][0]:.1f} / {results['load_average_at_end'][0]:.1f}"
+        + (
+            f": the machine was busy with more than its {results['machine']['usable_cores']} cores' worth of "
+            "work, so speeds are lower and noisier than on a quiet machine)"
+            if busy > results["machine"]["usable_cores"] + 0.5
+            else ")"
+        )
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 

@@ -70,7 +70,7 @@ def real_split(root: Path, image_size: int, cache: Path, splits_csv: Path) -> di
             raise SystemExit(f"bench: the data module's {split} split differs from {splits_csv}.")
         out[split] = (
             torch.from_numpy(_decoded(dm, rows, image_size)),
-            torch.as_tensor(rows["target"].to_numpy()),
+            torch.from_numpy(rows["target"].to_numpy(dtype=np.int64, copy=True)),
         )
     return out
 
