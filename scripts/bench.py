@@ -76,6 +76,12 @@ def describe(m: dict[str, Any]) -> str:
     )
 
 
+def growth(mb_small: float, mb_large: float, n_small: int, n_large: int) -> float:
+    """MB per image between two measurements; 0 when the larger N did not use more (sampling noise, or
+    memory that does not grow with N): a negative slope would extrapolate to nonsense."""
+    return max(0.0, (mb_large - mb_small) / (n_large - n_small))
+
+
 def extrapolate(
     setup: list[dict[str, Any]] | None, rss: list[dict[str, Any]] | None, source_size: int
 ) -> dict[str, Any]:
@@ -93,7 +99,7 @@ def extrapolate(
                 marginal = (at["setup_seconds"] - first["setup_seconds"]) / (at["n"] - first["n"])
                 seconds = at["setup_seconds"] + marginal * (NIH_IMAGES - at["n"])
                 how = f"{1000 * marginal:.3f} ms per extra image between N={first['n']} and {at['n']}"
-                slope = (at["peak_rss_anon_mb"] - first["peak_rss_anon_mb"]) / (at["n"] - first["n"])
+                slope = growth(first["peak_rss_anon_mb"], at["peak_rss_anon_mb"], first["n"], at["n"])
                 out[f"setup_{state}_rss_anon_mb"] = at["peak_rss_anon_mb"] + slope * (NIH_IMAGES - at["n"])
                 out[f"setup_{state}_rss_anon_kb_per_image"] = slope * 1024
             out[f"setup_{state}_seconds"] = seconds
@@ -107,11 +113,15 @@ def extrapolate(
         out["run_image_size"] = size
         out["uint8_arrays_mb"] = NIH_IMAGES * size**2 / 2**20
         if len(ns) > 1:
-            slope = (peak[ns[-1]] - peak[ns[0]]) / (ns[-1] - ns[0])
+            slope = growth(peak[ns[0]], peak[ns[-1]], ns[0], ns[-1])
             out["run_rss_anon_kb_per_image"] = slope * 1024
             out["run_from"] = f"N={ns[0]} and N={ns[-1]}"
             out["run_rss_anon_mb"] = peak[ns[-1]] + slope * (NIH_IMAGES - ns[-1])
     return out
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def gb(mb: float) -> str:
@@ -128,7 +138,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
             continue
         med = t["median_images_per_second"]
         cond = (
-            f"resnet18, {t['image_size']} px, {t['epochs']} epochs, batch 32, Adam 0.002, "
+            f"resnet18, {t['image_size']} px, {plural(t['epochs'], 'epoch')}, batch 32, Adam 0.002, "
             f"{t['n_train']} train + {t['n_val']} val images of covid-cxr, median of {args.repeats}"
             + (", fp16 mixed" if tag == "train_gpu" else "")
         )
@@ -163,15 +173,15 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
                 "Sweep",
                 "wall time / sum of the jobs' train_seconds",
                 f"{s['wall_seconds']:.1f} s / {s['sum_train_seconds']:.1f} s = {s['ratio']:.2f}×",
-                f"{s['jobs']} jobs, {s['image_size']} px, {s['epochs']} epochs, data.limit={s['limit']}"
-                + rest,
+                f"{s['jobs']} jobs, {s['image_size']} px, {plural(s['epochs'], 'epoch')}, "
+                f"data.limit={s['limit']}{rest}",
             )
         )
     for r in results.get("setup") or []:
         rows.append(
             (
                 f"Set-up, {r['cache']} cache",
-                f"N={r['n']}, {r['source_size']}² PNGs ({r['mb_per_file']:.2f} MB each)",
+                f"N={r['n']}, {r['source_size']}² PNGs ({gb(r['mb_per_file'])} each)",
                 f"{r['ms_per_image']:.3f} ms/image; peak RssAnon {gb(r['peak_rss_anon_mb'])} "
                 f"(peak RSS {gb(r['peak_rss_mb'])})",
                 f"CXRDataModule.setup() at image_size {args.setup_image_size}, fresh process "
@@ -200,7 +210,12 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
                     label,
                     f"set-up, {state} cache",
                     f"{e[f'setup_{state}_seconds']:.0f} s" + (f"; RssAnon {gb(mem)}" if mem else ""),
-                    f"linear from {e[f'setup_{state}_from']}",
+                    f"linear from {e[f'setup_{state}_from']}"
+                    + (
+                        f"; RssAnon +{e[f'setup_{state}_rss_anon_kb_per_image']:.1f} kB per image"
+                        if mem
+                        else ""
+                    ),
                 )
             )
     if "run_rss_anon_mb" in e:
