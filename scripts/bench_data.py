@@ -164,9 +164,9 @@ def rss_runs(
                 f"data.limit={count if count < n else 'null'}",
                 "logger=none",
                 "trainer.max_epochs=1",
-                "+trainer.limit_train_batches=2",
-                "+trainer.limit_val_batches=1",
-                "+trainer.limit_test_batches=1",
+                "++trainer.limit_train_batches=2",
+                "++trainer.limit_val_batches=1",
+                "++trainer.limit_test_batches=1",
                 f"hydra.run.dir={run}",
                 *extra,
             ]

@@ -39,6 +39,7 @@ NO_AUGMENTATION = [
     "data.augment.contrast=0",
 ]
 MEAN, STD = 0.5, 0.25  # covidseg's data.mean / data.std
+CLASSES = ("normal", "covid")  # data.classes of conf/data/covid_cxr.yaml: target 1 = covid
 
 
 def covidseg_train(run_dir: Path, overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def real_split(root: Path, image_size: int, cache: Path, splits_csv: Path) -> di
             raise SystemExit(f"bench: the data module's {split} split differs from {splits_csv}.")
         out[split] = (
             torch.from_numpy(_decoded(dm, rows, image_size)),
-            torch.from_numpy(rows["target"].to_numpy(dtype=np.int64, copy=True)),
+            torch.tensor([CLASSES.index(label) for label in rows["label"]], dtype=torch.int64),
         )
     return out
 
