@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 PIP_TORCH_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: install lint train train-3class eval segmenter study study-quick study-gpu report test test-fast clean-cache
+.PHONY: install lint train train-3class eval segmenter study study-quick study-gpu report test test-fast bench \
+	clean-cache
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +60,11 @@ test:
 # Without the real trainings and sweeps.
 test-fast:
 	$(BIN)/python -m pytest -x -q -m "not slow"
+
+# Speed and memory measured on this machine, one table (README "Performance"); asserts nothing.
+# make bench ARGS="--json bench.json --rss-n 20000"
+bench:
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 clean-cache:
 	rm -rf $${COVIDSEG_CACHE_DIR:-$$HOME/.cache/covidseg}
