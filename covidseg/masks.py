@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covidseg.data.datasets import model_input
 from covidseg.data.images import ImageCache, atomic_save, file_digest
 from covidseg.data.transforms import resize_mask
 from covidseg.errors import UserError
@@ -105,10 +106,9 @@ class MaskSource:
         """Post-processed masks of one batch of image files (plain images: what the segmenter was trained
         on, whatever data.equalize the classifier uses)."""
         images, _, _ = ImageCache(self.cache_dir, self.image_size).load_many(list(files))
-        batch = torch.from_numpy(images).unsqueeze(1).float().div(255.0)
         self.network_calls += 1
         with torch.no_grad():
-            return list(self.model.predict_masks(((batch - self.mean) / self.std).to(self.device)))
+            return list(self.model.predict_masks(model_input(images, self.mean, self.std, self.device)))
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covidseg.data.datasets import model_input
 from covidseg.errors import UserError
 from covidseg.explain import cam_maps
 from covidseg.plots import pyplot
@@ -157,14 +158,14 @@ def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str |
     col = 2
     for (backbone, input_), job in loaded.items():
         model, test = job.model, job.test
-        x = torch.stack([test[i][0] for i in picks])
+        x = model_input(test.images[picks], job.datamodule.mean, job.datamodule.std)
         positive = len(model.class_names) - 1 if model.binary else None
         with torch.no_grad():
             probs = model.probabilities(model.eval()(x))[:, -1].numpy()
         for method, name in (("gradcam", "Grad-CAM"), ("gradcam++", "Grad-CAM++")):
             cams = cam_maps(model.net, x, target_class=positive, method=method, binary=model.binary)
             for r, cam in enumerate(cams):
-                seen = test.images[picks[r], 0].numpy()
+                seen = np.asarray(test.images[picks[r]])
                 axes[r, col].imshow(seen, cmap="gray")
                 axes[r, col].imshow(cam, cmap="jet", alpha=0.45, extent=(0, seen.shape[1], seen.shape[0], 0))
                 axes[r, col].set_title(f"{backbone[:14]} {input_[:3]}\n{name} p={probs[r]:.2f}", fontsize=5)

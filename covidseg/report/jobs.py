@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from covidseg.cli import RESOLVED_CONFIG
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.data.datasets import ArrayDataset
+from covidseg.data.datasets import ArrayDataset, model_input
 from covidseg.data.transforms import masks_as_seen, resize_mask
 from covidseg.errors import UserError
 from covidseg.explain import cam_maps, lung_energy
@@ -61,7 +60,7 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
     datamodule.setup("test")
     table = datamodule.table[datamodule.table["split"] == "test"]
     if datamodule.input == "raw":  # the unmasked images are the ones the model saw
-        unmasked = datamodule.datasets["test"].images[:, 0].numpy()
+        unmasked = np.asarray(datamodule.datasets["test"].images[:])
         if masks is None:
             return JobTestData(model, datamodule, unmasked, None, None)
         # masks are still needed to measure where the CAM looks
@@ -90,7 +89,7 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     energies, areas = [], []
     for start in range(0, n, 16):
         idx = picks[start : start + 16]
-        x = torch.stack([test[i][0] for i in idx])
+        x = model_input(test.images[idx], job.datamodule.mean, job.datamodule.std)
         # The predicted class is explained: where the model looked for the decision it made.
         cams = cam_maps(job.model.net, x, target_class=None, binary=job.model.binary)
         for cam, i in zip(cams, idx):
