@@ -42,26 +42,26 @@ class DeviceBatches:
     SequentialSampler), drawn when the pass starts, as a DataLoader draws it."""
 
     def __init__(self, dataset: Any, batch_size: int, sampler: Sampler, device: torch.device | str):
-        self.batch_size, self.sampler, self.device = int(batch_size), sampler, torch.device(device)
+        self.batch_size, self.order_sampler, self.device = int(batch_size), sampler, torch.device(device)
         self.images = torch.from_numpy(np.ascontiguousarray(np.asarray(dataset.images))).to(self.device)
         targets = dataset.targets
         self.targets = torch.as_tensor(np.asarray(targets) if dataset.is_mask else targets).to(self.device)
         if dataset.is_mask:
             self.targets = self.targets.unsqueeze(1)
-        self.dataset = dataset  # Lightning reads len(loader.dataset) for some checks
+        self.dataset = dataset
+        # (not named `sampler`: Lightning would take this for a DataLoader and look for its batch_sampler)
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        return -(-len(self.order_sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # A DataLoader's iterator draws one number (its workers' base seed) from the global generator when
-        # it is created, and its sampler draws the order on the first next(): the same draws here keep the
-        # global generator's sequence (hence the augmentation) identical on both paths.
+        # A DataLoader's iterator draws one number (its workers' base seed) from the global generator when it
+        # is created and its sampler draws the order on the first next(); Lightning creates the iterator just
+        # before that first next() (and calls iter() on other iterables once more, only to check them). Both
+        # draws happen here on the first next(), so the global generator's sequence (hence the augmentation)
+        # is the same on both paths.
         torch.empty((), dtype=torch.int64).random_()
-        return self._batches()
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.as_tensor(list(self.sampler), dtype=torch.int64).to(self.device)
+        order = torch.as_tensor(list(self.order_sampler), dtype=torch.int64).to(self.device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.images[index].unsqueeze(1), self.targets[index]
