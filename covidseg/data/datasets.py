@@ -153,9 +153,14 @@ class ArrayDataModule(L.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _keeps_on_device(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        if self.on_device is True and trainer is not None and trainer.world_size > 1:
+            raise UserError(
+                "data.on_device=true indexes one device's copy of the data, it cannot share it out between "
+                f"{trainer.world_size} processes; set data.on_device=auto (a DataLoader then splits it)."
+            )
         if self.on_device != "auto":
             return bool(self.on_device)
-        trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.world_size > 1 or self._device().type != "cuda":
             return False
         return fits_on_device(list(self.datasets.values()), self._device())
