@@ -44,7 +44,7 @@ def model_input(
     x = (x.unsqueeze(1) if x.ndim == 3 else x).float().div_(255.0)
     if augment is not None:
         x = augment(x)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)  # x is this function's own copy (uint8 -> float always copies)
 
 
 class ArrayDataset(Dataset):
