@@ -38,6 +38,16 @@ def _int_at_least(minimum: int, example: int) -> Callable[[str, Any], None]:
     return check
 
 
+def _workers(key: str, value: Any) -> None:
+    if value != "auto" and (not _is_int(value) or value < 0):
+        raise UserError(f"{key} must be an integer >= 0 or auto, got {value!r}. Set e.g. {key}=auto.")
+
+
+def _on_device(key: str, value: Any) -> None:
+    if value not in (True, False, "auto") or (isinstance(value, int) and not isinstance(value, bool)):
+        raise UserError(f"{key} must be true, false or auto, got {value!r}. Set e.g. {key}=auto.")
+
+
 def _limit(key: str, value: Any) -> None:
     if value is not None and (not _is_int(value) or value < 1):
         raise UserError(
@@ -62,7 +72,8 @@ def _max_epochs(key: str, value: Any) -> None:
 RULES: dict[str, Callable[[str, Any], None]] = {
     "data.image_size": _int_at_least(MIN_IMAGE_SIZE, 224),
     "data.batch_size": _int_at_least(1, 32),
-    "data.num_workers": _int_at_least(0, 0),
+    "data.num_workers": _workers,
+    "data.on_device": _on_device,
     "data.limit": _limit,
     "trainer.max_epochs": _max_epochs,
     "model.optimizer.lr": _positive_number,

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from covidseg.data.datamodule import CXRDataModule
+from covidseg.data.datasets import model_input
 from covidseg.data.lung_masks import LungMaskDataModule
 from covidseg.errors import UserError
 from covidseg.masks import MaskSource, trained_mask_source
@@ -169,10 +170,10 @@ def test_segmenter(
     picks = np.linspace(0, len(test) - 1, num=min(overlays, len(test))).round().astype(int)
     model.eval()
     with torch.no_grad():
-        x = torch.stack([test[i][0] for i in picks]).to(model.device)
+        x = model_input(test.images[picks], datamodule.mean, datamodule.std, model.device)
         predicted = model.predict_masks(x)
-    images = [test.images[i, 0].numpy() for i in picks]
-    truth = [test.targets[i, 0].numpy() for i in picks]
+    images = [np.asarray(test.images[i]) for i in picks]
+    truth = [np.asarray(test.targets[i]) for i in picks]
     names = list(datamodule.table.loc[datamodule.table["split"] == "test", "image"].iloc[picks])
     overlay_grid(
         images, predicted, truth, out_dir / "overlays.png", titles=[Path(n).stem[:18] for n in names]

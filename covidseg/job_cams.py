@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.data.datasets import ArrayDataset
+from covidseg.data.datasets import ArrayDataset, model_input
 from covidseg.data.transforms import masks_as_seen, resize_mask
 from covidseg.explain import cam_maps, lung_energy, resolve_target_layer
 from covidseg.masks import MaskSource, images_and_masks
@@ -43,22 +43,31 @@ def energy_picks(n_test: int, max_images: int) -> np.ndarray:
 
 def seen_image(test: ArrayDataset, index: int) -> np.ndarray:
     """Test image `index` as the classifier saw it (uint8, masked and cropped as its input was)."""
-    return test.images[index, 0].numpy()
+    return np.asarray(test.images[index])
+
+
+def test_inputs(datamodule: CXRDataModule, indices: Sequence[int]) -> torch.Tensor:
+    """The network inputs of those test images, normalised as in training (no augmentation)."""
+    test = datamodule.datasets["test"]
+    return model_input(test.images[np.asarray(indices)], datamodule.mean, datamodule.std)
 
 
 def lung_energy_summary(
-    model: Classifier, test: ArrayDataset, masks_seen: Callable[[np.ndarray], np.ndarray], max_images: int
+    model: Classifier,
+    datamodule: CXRDataModule,
+    masks_seen: Callable[[np.ndarray], np.ndarray],
+    max_images: int,
 ) -> dict[str, Any]:
     """Mean share of Grad-CAM mass inside the lung mask over (up to max_images of) the test images.
 
     masks_seen(indices): the lung masks of those test images in the classifier's frame."""
-    picks = energy_picks(len(test), max_images)
+    picks = energy_picks(len(datamodule.datasets["test"]), max_images)
     lungs = np.asarray(masks_seen(picks))  # max_images masks at most
     layer = resolve_target_layer(model.net, None)  # found once, not per batch: a search costs a forward pass
     energies, areas = [], []
     for start in range(0, len(picks), 16):
         idx = picks[start : start + 16]
-        x = torch.stack([test[i][0] for i in idx])
+        x = test_inputs(datamodule, idx)
         # The predicted class is explained: where the model looked for the decision it made.
         cams = cam_maps(model.net, x, target_class=None, target_layer=layer, binary=model.binary)
         for cam, lung in zip(cams, lungs[start : start + 16]):
@@ -96,7 +105,7 @@ def gallery_picks(targets: np.ndarray, k: int) -> list[int]:
 
 def gallery_arrays(
     model: Classifier,
-    test: ArrayDataset,
+    datamodule: CXRDataModule,
     labels: np.ndarray,
     unmasked: Callable[[list[int]], tuple[np.ndarray, np.ndarray | None]],
     k: int,
@@ -104,8 +113,9 @@ def gallery_arrays(
     """What cam_gallery.png shows of one model, for its `k` gallery test images: picks, labels, the images
     unmasked and as seen, lung masks (when there are), the positive probability and both CAMs of the
     positive class. unmasked(picks): the images before masking and their lung masks (or None)."""
+    test = datamodule.datasets["test"]
     picks = gallery_picks(test.targets.numpy(), k)
-    x = torch.stack([test[i][0] for i in picks])
+    x = test_inputs(datamodule, picks)
     positive = len(model.class_names) - 1 if model.binary else None
     model.eval()
     with torch.no_grad():
@@ -164,7 +174,7 @@ def write_job_cams(
     rows = datamodule.table[datamodule.table["split"] == "test"].reset_index(drop=True)
     if masks is not None and energy_images > 0:
         energy = lung_energy_summary(
-            model, test, lambda idx: lungs_seen(masks, datamodule, rows.iloc[idx]), energy_images
+            model, datamodule, lambda idx: lungs_seen(masks, datamodule, rows.iloc[idx]), energy_images
         )
         (out_dir / ENERGY_FILE).write_text(json.dumps(energy))
     if cam_images > 0:
@@ -175,5 +185,5 @@ def write_job_cams(
             seen = np.stack([seen_image(test, i) for i in picks])  # raw: what it saw is unmasked
             return seen, None if masks is None else lungs_seen(masks, datamodule, rows.iloc[picks])
 
-        arrays = gallery_arrays(model, test, rows["label"].to_numpy(), unmasked, cam_images)
+        arrays = gallery_arrays(model, datamodule, rows["label"].to_numpy(), unmasked, cam_images)
         np.savez_compressed(out_dir / GALLERY_FILE, **arrays)

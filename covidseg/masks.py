@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covidseg.data.datasets import model_input
 from covidseg.data.derived import derived_rows
 from covidseg.data.images import ImageCache, file_digest
 from covidseg.data.store import ArrayStore, ArrayView
@@ -157,12 +158,11 @@ class MaskSource:
         """Post-processed masks of one batch of image files (plain images: what the segmenter was trained
         on, whatever data.equalize the classifier uses)."""
         images, _, _ = ImageCache(self.cache_dir, self.image_size).load_many(list(files))
-        batch = torch.from_numpy(np.asarray(images)).unsqueeze(1).float().div(255.0)
         self.network_calls += 1
         # The network may be shared with sources of other settings: set this source's before each use.
         self.model.postprocess_settings = self.postprocess
         with torch.no_grad():
-            return list(self.model.predict_masks(((batch - self.mean) / self.std).to(self.device)))
+            return list(self.model.predict_masks(model_input(images, self.mean, self.std, self.device)))
 
     def stats(self) -> dict[str, Any]:
         return {

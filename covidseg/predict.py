@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from covidseg.cli import hydra_entry, run_dir
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.data.datasets import ArrayDataset
+from covidseg.data.datasets import ArrayDataset, model_input
 from covidseg.errors import UserError
 from covidseg.explain import cam_maps
 from covidseg.masks import images_and_masks
@@ -51,12 +52,18 @@ class _Advance(L.Callback):
         self.progress.advance(self.task, len(outputs))
 
 
+def _model_inputs(batch: tuple[torch.Tensor, torch.Tensor], mean: float, std: float) -> torch.Tensor:
+    return model_input(batch[0], mean, std)
+
+
 def _probabilities(
-    trainer: L.Trainer, model: Classifier, dataset: ArrayDataset, cfg: DictConfig
+    trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, dataset: ArrayDataset, cfg: DictConfig
 ) -> np.ndarray:
     if len(dataset) == 0:
         return np.zeros((0, len(model.class_names)), np.float32)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    # The loader is not the data module's, so its batches are made model inputs here (one uint8 chunk read).
+    inputs = partial(_model_inputs, mean=datamodule.mean, std=datamodule.std)
+    loader = DataLoader(dataset, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=inputs)
     batches = trainer.predict(model, dataloaders=loader)
     return torch.cat(batches).float().cpu().numpy()
 
@@ -74,7 +81,7 @@ def _overlays(
     out, names = run_dir() / "cam", [None] * len(rows)
     out.mkdir(exist_ok=True)
     readable = np.flatnonzero(table["error"].isna().to_numpy())
-    seen = dataset.images[:, 0].numpy()
+    seen = np.asarray(dataset.images[:])
     if datamodule.masks is not None and len(readable):
         images, lungs = images_and_masks(datamodule.masks, datamodule, table.iloc[readable])
     else:
@@ -82,7 +89,7 @@ def _overlays(
     model.to(device)
     for start in range(0, len(readable), cfg.batch_size):
         batch = range(start, min(start + cfg.batch_size, len(readable)))
-        x = torch.stack([dataset[i][0] for i in batch])
+        x = model_input(dataset.images[np.asarray(batch)], datamodule.mean, datamodule.std)
         cams = cam_maps(model.net, x, target_class=None, method=cfg.cam_method, binary=model.binary)
         for i, cam in zip(batch, cams):
             row = rows.iloc[readable[i]]
@@ -115,7 +122,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             table, dataset = datamodule.prediction_inputs(files[chunk])
             table.index += start
             progress.advance(task, int(table["error"].notna().sum()))
-            probs = _probabilities(trainer, model, dataset, cfg)
+            probs = _probabilities(trainer, model, datamodule, dataset, cfg)
             rows = prediction_rows(shown[chunk], table, probs, model.class_names).set_index(table.index)
             if cfg.cam:
                 device = trainer.strategy.root_device

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.checkpoints import read_checkpoint, safe_loading
+from covidseg.checkpoints import AtomicCheckpointIO, read_checkpoint, safe_loading
 from covidseg.resume_state import ResumableState, keep_csv_history
 from covidseg.tracking import finish_wandb
 
@@ -77,6 +77,7 @@ def fit_and_evaluate(
             cfg.trainer,
             logger=loggers or False,
             callbacks=[*instantiate_all(cfg.callbacks), ValidationScores(), ResumableState()],
+            plugins=[AtomicCheckpointIO()],
         )
         if resumed_at is not None:
             keep_csv_history(loggers, resumed_at - 1)

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from covidseg.checkpoints import load_module, read_checkpoint
+from covidseg.checkpoints import AtomicCheckpointIO, load_module, read_checkpoint
 from covidseg.errors import UserError
 from covidseg.models.classifier import Classifier, load_classifier
 from covidseg.models.segmenter import Segmenter, load_segmenter
@@ -128,6 +128,7 @@ def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
         max_epochs=1,
         logger=instantiate(cfg.logger.csv),
         callbacks=[checkpoint, stopping, *last],
+        plugins=[AtomicCheckpointIO()],  # as covidseg.training builds its trainers
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -232,3 +233,21 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, content):
     assert str(path) in str(err.value) and HINT in str(err.value)
     with pytest.raises(UserError, match="is not a covidseg Segmenter checkpoint"):
         load_module(Segmenter, path, HINT)
+
+
+def test_checkpoint_writes_are_atomic_and_read_back(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.arange(4.0)}}, path)
+    written = read_checkpoint(path, HINT)
+    assert written["epoch"] == 1 and torch.equal(written["state_dict"]["w"], torch.arange(4.0))
+
+    def killed_while_writing(obj, file):  # writes part of the file, then dies
+        Path(file).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2}, path)
+    assert read_checkpoint(path, HINT)["epoch"] == 1  # the previous checkpoint is whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # and nothing half-written is left

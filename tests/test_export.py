@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from covidseg.data.datasets import model_input
 from covidseg.data.images import decode
 from covidseg.data.intensity import equalize
 from covidseg.data.transforms import apply_masks, resize_mask
@@ -74,7 +75,7 @@ def real_test_images(run: Path):
     datamodule = evaluation_datamodule(model, data)
     datamodule.setup("test")
     test = datamodule.datasets["test"]
-    x = torch.stack([test[i][0] for i in range(N_IMAGES)])
+    x = model_input(test.images[np.arange(N_IMAGES)], datamodule.mean, datamodule.std)
     rows = datamodule.table[datamodule.table["split"] == "test"].reset_index(drop=True).iloc[:N_IMAGES]
     return model, x, rows
 

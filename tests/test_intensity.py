@@ -92,7 +92,7 @@ def test_the_data_module_gives_the_classifier_equalized_images(tmp_path):
         dm = CXRDataModule(str(data), image_size=32, cache_dir=str(tmp_path / "cache"), equalize=mode)
         dm.setup("fit")
         first = dm.table[dm.table["split"] == "test"].iloc[0]
-        seen = np.asarray(dm.datasets["test"].images[0, 0])
+        seen = np.asarray(dm.datasets["test"].images[0])
         np.testing.assert_array_equal(seen, equalize(decode(first["file"], 32), mode))
         if mode != "none":
             assert not np.array_equal(seen, decode(first["file"], 32))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.derived import masked_inputs
+from covidseg.data.device_batches import DeviceBatches
 from covidseg.data.images import MIN_SIDE, ImageCache
 from covidseg.data.intensity import check_equalize, preprocessing_tag
 from covidseg.data.manifest import load_manifest
@@ -35,7 +36,7 @@ from covidseg.data.split import (
     write_splits,
 )
 from covidseg.data.store import ArrayView, take_rows
-from covidseg.data.transforms import MASK_MODES, build_augmentation
+from covidseg.data.transforms import MASK_MODES
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
 
@@ -63,7 +64,7 @@ class CXRDataModule(ArrayDataModule):
         classes: Sequence[str] = ("normal", "covid"),
         image_size: int = 224,
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         limit: int | None = None,
         seed: int = 0,
         split_ratios: Mapping[str, float] | None = None,
@@ -85,8 +86,9 @@ class CXRDataModule(ArrayDataModule):
         cache_dir: str | None = None,
         masks: Any = None,
         external: Sequence[str] = (),
+        on_device: bool | str = "auto",
     ):
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, mean, std, augment, on_device)
         if input not in INPUT_MODES:
             raise UserError(f"data.input must be one of {INPUT_MODES}, got {input!r}.")
         if balance not in BALANCE_MODES:
@@ -106,8 +108,6 @@ class CXRDataModule(ArrayDataModule):
         self.on_unknown_label = on_unknown_label
         self.on_bad_image = on_bad_image
         self.balance = balance
-        self.augmentation = build_augmentation(**dict(augment or {}))
-        self.mean, self.std = float(mean), float(std)
         self.input = input
         self.crop_to_lungs = bool(crop_to_lungs)
         self.crop_margin = float(crop_margin)
@@ -179,10 +179,7 @@ class CXRDataModule(ArrayDataModule):
         self.table = table
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
-            transform = self.augmentation if split == "train" and not self.evaluate_on else None
-            self.datasets[split] = ArrayDataset(
-                take_rows(images, rows), table.loc[rows, "target"].to_numpy(), self.mean, self.std, transform
-            )
+            self.datasets[split] = ArrayDataset(take_rows(images, rows), table.loc[rows, "target"].to_numpy())
         log.info(
             "Data %s: %s",
             self.root,
@@ -275,7 +272,7 @@ class CXRDataModule(ArrayDataModule):
         if self.input != "raw" and len(readable):
             images = self._apply_masks(images, list(table.loc[readable, "file"]), digests)
         targets = np.zeros(len(images), dtype=np.int64)
-        return table, ArrayDataset(images, targets, self.mean, self.std)
+        return table, ArrayDataset(images, targets)
 
     # -- what the model and entry points need -----------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
@@ -302,7 +299,7 @@ class CXRDataModule(ArrayDataModule):
     def describe_empty(self, split: str) -> str:
         return f"The {split} split is empty ({self.stats}); use more data or other split ratios."
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.balance == "sampler":
             counts = np.array(self.class_counts("train"), dtype=float)
             weights = (1.0 / counts)[self.datasets["train"].targets.numpy()]
@@ -329,5 +326,5 @@ class CXRDataModule(ArrayDataModule):
         if "sampler_generator" in state_dict:
             self._sampler_generator().set_state(state_dict["sampler_generator"])
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("test")

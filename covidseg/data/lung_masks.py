@@ -14,7 +14,6 @@ from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.images import ImageCache
 from covidseg.data.split import DEFAULT_SPLIT_RATIOS, SPLITS, split_by_patient
 from covidseg.data.store import take_rows
-from covidseg.data.transforms import build_augmentation
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
 from covidseg.paths import missing_data_hint
@@ -55,7 +54,7 @@ class LungMaskDataModule(ArrayDataModule):
         root: str,
         image_size: int = 256,
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         split_ratios: Mapping[str, float] | None = None,
         seed: int = 0,
         limit: int | None = None,
@@ -64,14 +63,13 @@ class LungMaskDataModule(ArrayDataModule):
         std: float = 0.25,
         cache_dir: str | None = None,
         evaluate_all: bool = False,
+        on_device: bool | str = "auto",
     ):
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, mean, std, augment, on_device)
         self.root = Path(root)
         self.image_size = int(image_size)
         self.split_ratios = dict(split_ratios or DEFAULT_SPLIT_RATIOS)
         self.seed, self.limit = int(seed), (int(limit) if limit else None)
-        self.augmentation = build_augmentation(**dict(augment or {}))
-        self.mean, self.std = float(mean), float(std)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.evaluate_all = evaluate_all
         self.table: pd.DataFrame | None = None
@@ -104,10 +102,7 @@ class LungMaskDataModule(ArrayDataModule):
         self.table = table
         for split in SPLITS:
             rows = (table["split"] == split).to_numpy()
-            transform = self.augmentation if split == "train" else None
-            self.datasets[split] = ArrayDataset(
-                take_rows(images, rows), masks[rows], self.mean, self.std, transform
-            )
+            self.datasets[split] = ArrayDataset(take_rows(images, rows), masks[rows])
         log.info("Mask data %s: %s", self.root, self.split_sizes())
 
     def describe_empty(self, split: str) -> str:

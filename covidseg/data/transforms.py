@@ -1,43 +1,15 @@
-"""What happens to pixels between the cache and the network: augmentation, and applying lung masks.
+"""What happens to pixels between the cache and the network: resizing and applying lung masks.
 
-Image and mask travel through the same functions, so there is one code path for both.
+Image and mask travel through the same functions, so there is one code path for both. (Training augmentation
+is covidseg.data.augment: batched, on the training device.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from PIL import Image
-from torchvision.transforms import v2
 
 MASK_MODES = ("segmented", "lungs_removed")
-
-
-def build_augmentation(
-    rotation: float = 0.0,
-    translate: float = 0.0,
-    scale: Sequence[float] = (1.0, 1.0),
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    hflip: bool = False,
-) -> v2.Transform | None:
-    """Light geometric + intensity augmentation. No horizontal flip unless asked: laterality matters.
-
-    torchvision v2 applies one draw of the random parameters to an image and its tv_tensors.Mask alike.
-    """
-    steps: list[v2.Transform] = []
-    if rotation or translate or tuple(scale) != (1.0, 1.0):
-        steps.append(
-            v2.RandomAffine(
-                degrees=rotation, translate=(translate, translate) if translate else None, scale=tuple(scale)
-            )
-        )
-    if brightness or contrast:
-        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps) if steps else None
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

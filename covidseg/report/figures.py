@@ -182,7 +182,7 @@ def _gallery_arrays(job_dir: Path, k: int, cache_dir: str | None) -> dict[str, n
         lungs = None if job.lung_masks is None else job.lung_masks[picks]
         return job.unmasked_images[picks], lungs
 
-    return gallery_arrays(job.model, job.test, labels, unmasked, k)
+    return gallery_arrays(job.model, job.datamodule, labels, unmasked, k)
 
 
 def plot_external_auroc(cells: dict[str, dict[tuple[str, str], dict]], out_dir: Path) -> str:

@@ -62,7 +62,7 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
     datamodule.setup("test")
     table = datamodule.table[datamodule.table["split"] == "test"]
     if datamodule.input == "raw":  # the unmasked images are the ones the model saw
-        unmasked = datamodule.datasets["test"].images[:, 0].numpy()
+        unmasked = np.asarray(datamodule.datasets["test"].images[:])
         if masks is None:
             return JobTestData(model, datamodule, unmasked, None, None)
         # masks are still needed to measure where the CAM looks
@@ -88,6 +88,6 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     job = job_test_data(job_dir, cache_dir)
     if job.masks_seen is None:
         raise UserError(f"no lung masks for {job_dir} (segmenter.ckpt_path does not exist)")
-    result = lung_energy_summary(job.model, job.test, job.masks_seen, max_images)
+    result = lung_energy_summary(job.model, job.datamodule, job.masks_seen, max_images)
     (job_dir / ENERGY_FILE).write_text(json.dumps(result))
     return result
