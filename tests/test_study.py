@@ -69,11 +69,11 @@ def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
     # an all-zero CAM (possible after 2 epochs) has no lung share: NaN, shown as "–"
     assert ok["lung_energy"].dropna().between(0, 1).all() and ok["lung_energy"].notna().sum() >= 2
     segmented = ok[ok["input"] == "segmented"]
-    # the masks for the sweep were predicted once: only the first segmented job missed the cache
-    assert sorted(segmented["mask_cache_misses"]) == [
-        0,
-        segmented["n_train"].iloc[0] + segmented["n_val"].iloc[0] + segmented["n_test"].iloc[0],
-    ]
+    # the masks for the sweep were predicted once: only the first segmented job missed the cache, and not
+    # for the test images whose masks a raw job before it had predicted to measure its lung energy
+    second, first = sorted(segmented["mask_cache_misses"])
+    total = segmented["n_train"].iloc[0] + segmented["n_val"].iloc[0] + segmented["n_test"].iloc[0]
+    assert second == 0 and total - segmented["n_test"].iloc[0] <= first <= total
 
 
 @pytest.mark.slow
