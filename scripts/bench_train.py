@@ -42,16 +42,22 @@ MEAN, STD = 0.5, 0.25  # covidseg's data.mean / data.std
 CLASSES = ("normal", "covid")  # data.classes of conf/data/covid_cxr.yaml: target 1 = covid
 
 
-def covidseg_train(run_dir: Path, overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """One `covidseg-train` run into a fresh `run_dir`; returns its metrics.json and the wall time."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    command = [str(Path(sys.executable).parent / "covidseg-train"), *overrides, f"hydra.run.dir={run_dir}"]
+def run_timed(command: list[str], env: dict[str, str], what: str) -> float:
+    """Wall seconds of one subprocess; a failure stops the bench with the end of its output."""
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.stderr.write((result.stdout + result.stderr)[-4000:])
-        raise SystemExit(f"bench: {' '.join(command)} failed (exit {result.returncode}); output above.")
+        raise SystemExit(f"bench: {what} failed (exit {result.returncode}); output above.")
+    return wall
+
+
+def covidseg_train(run_dir: Path, overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """One `covidseg-train` run into a fresh `run_dir`; returns its metrics.json and the wall time."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [str(Path(sys.executable).parent / "covidseg-train"), *overrides, f"hydra.run.dir={run_dir}"]
+    wall = run_timed(command, env, " ".join(command))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {**metrics, "wall_seconds": wall}
 
@@ -218,12 +224,7 @@ def sweep(root: Path, work: Path, jobs: int, image_size: int, epochs: int, limit
         f"hydra.sweep.dir={sweep_dir}",
     ]
     env = {**os.environ, "COVIDSEG_CACHE_DIR": str(work / "cache-real")}
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.stderr.write((result.stdout + result.stderr)[-4000:])
-        raise SystemExit(f"bench: the sweep failed (exit {result.returncode}); output above.")
+    wall = run_timed(command, env, "the sweep")
     job_dirs = sorted(d for d in sweep_dir.iterdir() if (d / "metrics.json").is_file())
     train = [json.loads((d / "metrics.json").read_text())["train_seconds"] for d in job_dirs]
     spans = [_log_span(d) for d in job_dirs]
