@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
@@ -38,7 +36,7 @@ from covidseg.data.parallel import default_workers, ordered_map
 from covidseg.data.store import ArrayStore, ArrayView, FileEntry, FileIndex
 from covidseg.errors import UserError
 
-__all__ = ["MIN_SIDE", "BadImage", "ImageCache", "atomic_save", "check_image", "decode", "file_digest"]
+__all__ = ["MIN_SIDE", "BadImage", "ImageCache", "check_image", "decode", "file_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +47,6 @@ APPEND_BYTES = 32 << 20  # decoded arrays appended to the store per batch (what 
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
-def atomic_save(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file in the same folder, then rename, so readers never see partial files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npy")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def probe(path: str, data: bytes, min_side: int = 0) -> tuple[int, int]:
-    """The file index's probe: header checks, (width, height)."""
-    return check_image(path, data, min_side)
 
 
 def decode_task(task: tuple[str, str, int, int, str, float]) -> np.ndarray | BadImage:
@@ -147,7 +127,7 @@ class ImageCache:
         if on_bad_image not in ("error", "skip"):
             raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
         paths = [str(p) for p in paths]
-        entries = self.index.lookup(paths, partial(probe, min_side=self.min_side), refused=(BadImage,))
+        entries = self.index.lookup(paths, partial(check_image, min_side=self.min_side), refused=(BadImage,))
         failures: dict[int, BadImage] = {}
         for i, entry in enumerate(entries):
             try:
