@@ -157,7 +157,9 @@ def rss_runs(
             run = work / "runs" / f"rss-{count}-{state}"
             shutil.rmtree(run, ignore_errors=True)
             command = [
-                str(Path(sys.executable).parent / "covidseg-train"),
+                sys.executable,
+                "-m",
+                "covidseg.train",
                 f"data.root={root}",
                 f"data.image_size={image_size}",
                 f"data.batch_size={batch_size}",

@@ -107,8 +107,11 @@ def test_eval_refuses_a_crafted_checkpoint_with_a_one_line_error(tmp_path):
 
 
 # -- real checkpoints, written the way training writes them --------------------------------------------
-def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
-    """One epoch of one batch with the configured checkpoint callback, early stopping and CSV logger."""
+def fit(
+    cfg, model: L.LightningModule, target: torch.Tensor, out: Path, background: bool | None = None
+) -> str:
+    """One epoch of one batch with the configured checkpoint callback, early stopping and CSV logger;
+    `background=True` writes the checkpoints as covidseg does on a GPU."""
     cfg.paths.output_dir = str(out)
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
     # The segmenter config has no early stopping; add one as in covidseg/conf/callbacks/early_stopping.yaml.
@@ -128,7 +131,7 @@ def fit(cfg, model: L.LightningModule, target: torch.Tensor, out: Path) -> str:
         max_epochs=1,
         logger=instantiate(cfg.logger.csv),
         callbacks=[checkpoint, stopping, *last],
-        plugins=[AtomicCheckpointIO()],  # as covidseg.training builds its trainers
+        plugins=[AtomicCheckpointIO(background=background)],  # as covidseg.training builds its trainers
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -165,7 +168,10 @@ def trained(tmp_path_factory) -> dict[str, tuple[L.LightningModule, str]]:
     )
     segmenter = instantiate(segment.model, _convert_="all")
     return {
-        "classifier": (classifier, fit(train, classifier, torch.tensor([0, 1]), base / "classifier")),
+        "classifier": (
+            classifier,
+            fit(train, classifier, torch.tensor([0, 1]), base / "classifier", background=True),
+        ),
         "segmenter": (
             segmenter,
             fit(segment, segmenter, (torch.rand(2, 1, SIZE, SIZE) > 0.5).float(), base / "segmenter"),
@@ -251,3 +257,56 @@ def test_checkpoint_writes_are_atomic_and_read_back(tmp_path, monkeypatch):
         io.save_checkpoint({"epoch": 2}, path)
     assert read_checkpoint(path, HINT)["epoch"] == 1  # the previous checkpoint is whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # and nothing half-written is left
+
+
+def test_background_writes_keep_the_weights_of_the_save_and_their_order(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO(background=True)
+    weights = torch.zeros(1000)
+    real_save = torch.save
+    started = []
+
+    def slow_save(obj, file):  # the training thread goes on while the file is written
+        started.append(obj["epoch"])
+        import time
+
+        time.sleep(0.2)
+        real_save(obj, file)
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    for epoch in range(3):
+        io.save_checkpoint({"epoch": epoch, "state_dict": {"w": weights}}, path)
+        weights += 1  # an optimizer step, in place, before the write is done
+    assert started[0] == 0 and not (path.is_file() and read_checkpoint(path, HINT)["epoch"] == 2)
+    loaded = io.load_checkpoint(path, weights_only=True)  # a read waits for the writes in flight
+    assert loaded["epoch"] == 2 and torch.equal(loaded["state_dict"]["w"], torch.full((1000,), 2.0))
+    io.teardown()
+    assert started == [0, 1, 2]
+
+
+def test_a_failed_background_write_is_raised_and_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO(background=True)
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, path)
+    io.wait()
+
+    def disk_full(obj, file):
+        Path(file).write_bytes(b"PK partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(OSError, match="No space left"):
+        io.teardown()  # Lightning's end of fit: the error is not lost in the thread
+    assert read_checkpoint(path, HINT)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_cpu_checkpoints_are_written_in_line(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()  # background only for weights on an accelerator
+    monkeypatch.setattr(
+        "covidseg.checkpoints.ThreadPoolExecutor", lambda *a, **k: pytest.fail("no thread for CPU weights")
+    )
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, path)
+    assert read_checkpoint(path, HINT)["epoch"] == 1  # on disk when save_checkpoint returns

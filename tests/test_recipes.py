@@ -240,6 +240,32 @@ def test_the_sanity_check_is_not_counted():
     assert model.single_class_epochs == 1
 
 
+def test_epoch_loss_and_metrics_cover_every_image_of_uneven_batches():
+    """Metrics and the loss are computed once per epoch from the kept batches (2 + 2 + 1 images here): the
+    loss is the mean over images, as Lightning's batch-size-weighted mean was, and test_results keeps the
+    images' order."""
+    from torchmetrics.functional.classification import binary_accuracy, binary_auroc
+
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0])
+    data = images([[v] for v in logits.tolist()])
+    targets = torch.arange(5) % 2
+    model, runner = controlled(["normal", "covid"]), trainer()
+    runner.validate(model, data, verbose=False)
+    got = runner.callback_metrics
+    expected_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+    assert torch.isclose(got["val/loss"], expected_loss)
+    assert torch.isclose(got["val/auroc"], binary_auroc(torch.sigmoid(logits), targets))
+    assert torch.isclose(got["val/acc"], binary_accuracy(torch.sigmoid(logits), targets))
+    runner.test(model, data, verbose=False)
+    results = model.test_results()
+    assert torch.allclose(results["probs"][:, 1], torch.sigmoid(logits)) and results["targets"].tolist() == [
+        0, 1, 0, 1, 0
+    ]  # fmt: skip
+    assert results["confusion"] == [[1, 2], [1, 1]] and torch.isclose(
+        runner.callback_metrics["test/loss"], expected_loss
+    )
+
+
 def test_predicted_counts_follow_the_threshold_rule():
     probs = torch.tensor([[0.5, 0.5], [0.4, 0.6], [0.9, 0.1]])
     assert predicted_counts(probs, 2).tolist() == [2, 1]

@@ -146,9 +146,10 @@ class Classifier(BaseTask):
         self.test_metrics = classification_metrics(self.num_classes).clone(prefix="test/")
         self.test_confusion = ConfusionMatrix(**metric_task(self.num_classes))
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        # How often each class was predicted in the current validation epoch, and the epochs (sanity check
-        # excluded) in which every validation image got the same class: a collapsed model.
-        self.val_predicted = torch.zeros(self.num_classes, dtype=torch.long)
+        # Each stage's (logits, targets, loss) per batch of the running epoch (see _step).
+        self._epoch_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        # The validation epochs (sanity check excluded) in which every image got the same class: a collapsed
+        # model.
         self.single_class_epochs = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,64 +175,79 @@ class Classifier(BaseTask):
     def _metric_input(self, probs: torch.Tensor) -> torch.Tensor:
         return probs[:, 1] if self.binary else probs
 
-    def _step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection
-    ) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        probs = self.probabilities(logits)
-        metrics.update(self._metric_input(probs), y)
-        self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y)
-        )
-        if stage == "val":
-            self.val_predicted += predicted_counts(probs.detach(), self.num_classes)
-        if stage == "test":
-            self.test_confusion.update(self._metric_input(probs), y)
-            self.test_outputs.append((probs.detach().cpu(), y.detach().cpu()))
+        # Metrics, the logged loss and the predicted-class counts are computed once per epoch from what is
+        # kept here: per batch, torchmetrics' checks and updates and Lightning's logging are a few hundred
+        # small operations and several device synchronisations, a third of a small network's step on a GPU.
+        self._epoch_outputs.setdefault(stage, []).append((logits.detach(), y, loss.detach()))
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_metrics)
+        return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val", self.val_metrics)
+        self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test", self.test_metrics)
+        self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
         """(N, num_classes) class probabilities of a batch of images, or of (images, targets) pairs."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.probabilities(self(x))
 
-    def on_test_epoch_start(self) -> None:
-        self.test_outputs = []
-        self.test_confusion.reset()
-
-    def _log_epoch(self, metrics: MetricCollection) -> None:
+    def _end_epoch(self, stage: str, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Log `stage`/loss (the mean over images, as Lightning's batch-size-weighted epoch mean) and the
+        metrics of the epoch's batches; returns their class probabilities and targets (None: no batches)."""
+        outputs = self._epoch_outputs.pop(stage, [])
+        metrics.reset()
+        if not outputs:
+            return None
+        probs = self.probabilities(torch.cat([logits for logits, _, _ in outputs]))
+        targets = torch.cat([y for _, y, _ in outputs])
+        sizes = torch.tensor([len(y) for _, y, _ in outputs], dtype=torch.float32, device=probs.device)
+        loss = (torch.stack([loss.float() for _, _, loss in outputs]) * sizes).sum() / sizes.sum()
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test")
+        metrics.update(self._metric_input(probs), targets)
         self.log_dict(metrics.compute(), prog_bar=False)
         metrics.reset()
+        return probs, targets
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch(self.train_metrics)
+    # An epoch starts with nothing kept: an interrupted one (an exception, a stopped fit) leaves its batches.
+    def on_train_epoch_start(self) -> None:
+        self._epoch_outputs.pop("train", None)
 
     def on_validation_epoch_start(self) -> None:
-        self.val_predicted = torch.zeros(self.num_classes, dtype=torch.long)
+        self._epoch_outputs.pop("val", None)
+
+    def on_train_epoch_end(self) -> None:
+        self._end_epoch("train", self.train_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.val_metrics)
+        ended = self._end_epoch("val", self.val_metrics)
+        counts = predicted_counts(ended[0], self.num_classes) if ended else torch.zeros(self.num_classes)
         # Every process predicts its share of the validation images; the classes seen are the union.
-        counts = self.all_gather(self.val_predicted.to(self.device)).reshape(-1, self.num_classes).sum(0)
+        counts = self.all_gather(counts.long().to(self.device)).reshape(-1, self.num_classes).sum(0)
         if self.trainer.sanity_checking or counts.sum() == 0:
             return
         single = int((counts > 0).sum() == 1)
         self.single_class_epochs += single
         self.log("val/single_class", float(single))
 
+    def on_test_epoch_start(self) -> None:
+        self._epoch_outputs.pop("test", None)
+        self.test_outputs = []
+        self.test_confusion.reset()
+
     def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.test_metrics)
+        ended = self._end_epoch("test", self.test_metrics)
+        if ended:
+            probs, targets = ended
+            self.test_confusion.update(self._metric_input(probs), targets)
+            self.test_outputs = [(probs.cpu(), targets.cpu())]
 
     # The counter is no weight, so Lightning does not save it: a resumed fit (resume=true) would restart it.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
