@@ -52,6 +52,13 @@ def test_inputs(datamodule: CXRDataModule, indices: Sequence[int]) -> torch.Tens
     return model_input(test.images[np.asarray(indices)], datamodule.mean, datamodule.std)
 
 
+def cam_batch(datamodule: CXRDataModule) -> int:
+    """Images per Grad-CAM pass: half a training batch, at most 16. pytorch-grad-cam keeps the whole graph
+    through its backward (retain_graph), where a training step frees it as it goes: a pass of n images
+    costs about what a step of 2n does (measured at 448 px), so memory peaks in training, not here."""
+    return max(1, min(16, datamodule.batch_size // 2))
+
+
 def lung_energy_summary(
     model: Classifier,
     datamodule: CXRDataModule,
@@ -65,12 +72,13 @@ def lung_energy_summary(
     lungs = np.asarray(masks_seen(picks))  # max_images masks at most
     layer = resolve_target_layer(model.net, None)  # found once, not per batch: a search costs a forward pass
     energies, areas = [], []
-    for start in range(0, len(picks), 16):
-        idx = picks[start : start + 16]
+    step = cam_batch(datamodule)
+    for start in range(0, len(picks), step):
+        idx = picks[start : start + step]
         x = test_inputs(datamodule, idx)
         # The predicted class is explained: where the model looked for the decision it made.
         cams = cam_maps(model.net, x, target_class=None, target_layer=layer, binary=model.binary)
-        for cam, lung in zip(cams, lungs[start : start + 16]):
+        for cam, lung in zip(cams, lungs[start : start + step]):
             mask = resize_mask(lung, cam.shape[-1])
             energies.append(lung_energy(cam, mask))
             areas.append(float(mask.mean()))
@@ -116,10 +124,13 @@ def gallery_arrays(
     test = datamodule.datasets["test"]
     picks = gallery_picks(test.targets.numpy(), k)
     x = test_inputs(datamodule, picks)
+    chunks = [x[start : start + cam_batch(datamodule)] for start in range(0, len(x), cam_batch(datamodule))]
     positive = len(model.class_names) - 1 if model.binary else None
     model.eval()
     with torch.no_grad():
-        probs = model.probabilities(model(x.to(model.device)))[:, -1].float().cpu().numpy()
+        probs = np.concatenate(
+            [model.probabilities(model(c.to(model.device)))[:, -1].float().cpu().numpy() for c in chunks]
+        )
     images, lungs = unmasked(picks)
     arrays = {
         "k": np.array(k),
@@ -133,7 +144,12 @@ def gallery_arrays(
         arrays["lung_masks"] = np.asarray(lungs)
     layer = resolve_target_layer(model.net, None)
     for method, _ in CAM_METHODS:
-        maps = cam_maps(model.net, x, positive, method=method, target_layer=layer, binary=model.binary)
+        maps = np.concatenate(
+            [
+                cam_maps(model.net, c, positive, method=method, target_layer=layer, binary=model.binary)
+                for c in chunks
+            ]
+        )
         arrays[method] = (maps * 255).round().astype(np.uint8)  # shown as a heat map: 256 levels suffice
     return arrays
 

@@ -121,3 +121,42 @@ def test_cam_maps_multiclass_and_named_layer():
         cam_maps(model, torch.randn(1, 1, 48, 48), target_class=3)
     with pytest.raises(ValueError, match="Unknown CAM method"):
         cam_maps(model, torch.randn(1, 1, 48, 48), method="scorecam")
+
+
+def test_job_cams_do_not_depend_on_how_many_images_a_pass_takes():
+    """covidseg.job_cams runs Grad-CAM in passes of half a training batch (memory): every image's map,
+    probability and lung energy are the same whatever the batch size."""
+    from types import SimpleNamespace
+
+    from covidseg.data.datasets import ArrayDataset
+    from covidseg.job_cams import cam_batch, gallery_arrays, lung_energy_summary
+    from covidseg.models.classifier import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(backbone="resnet18")
+    head = model.net.get_classifier()  # every feature speaks for covid, which every image is predicted as:
+    head.weight.data.abs_()  # the CAMs of an untrained network have something to show
+    head.bias.data.fill_(5.0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 96, 96), dtype=np.uint8)  # layer4: 3 x 3, a CAM with structure
+    lungs = np.zeros((6, 96, 96), dtype=np.uint8)
+    lungs[:, 20:80, 10:45] = 1
+    results = []
+    for batch_size in (2, 32):
+        dm = SimpleNamespace(
+            datasets={"test": ArrayDataset(images, [0, 1, 0, 1, 0, 1])},
+            mean=0.5,
+            std=0.25,
+            batch_size=batch_size,
+        )
+        gallery = gallery_arrays(
+            model, dm, np.array(["normal", "covid"] * 3), lambda p: (images[p], lungs[p]), 4
+        )
+        energy = lung_energy_summary(model, dm, lambda picks: lungs[picks], max_images=6)
+        results.append((cam_batch(dm), gallery, energy))
+    (small, g2, e2), (large, g32, e32) = results
+    assert (small, large) == (1, 16)
+    for name in ("probs", "gradcam", "gradcam++", "seen", "picks"):
+        np.testing.assert_allclose(g2[name], g32[name], atol=1e-5, err_msg=name)
+    assert g2["gradcam"].any() and g2["gradcam"].std() > 0
+    assert e2 == pytest.approx(e32) and e2["n_images"] > 0 and 0 < e2["lung_energy"] < 1
