@@ -124,7 +124,8 @@ def gallery_arrays(
     test = datamodule.datasets["test"]
     picks = gallery_picks(test.targets.numpy(), k)
     x = test_inputs(datamodule, picks)
-    chunks = [x[start : start + cam_batch(datamodule)] for start in range(0, len(x), cam_batch(datamodule))]
+    step = cam_batch(datamodule)
+    chunks = [x[start : start + step] for start in range(0, len(x), step)]
     positive = len(model.class_names) - 1 if model.binary else None
     model.eval()
     with torch.no_grad():
