@@ -42,22 +42,23 @@ MEAN, STD = 0.5, 0.25  # covidseg's data.mean / data.std
 CLASSES = ("normal", "covid")  # data.classes of conf/data/covid_cxr.yaml: target 1 = covid
 
 
-def run_timed(command: list[str], env: dict[str, str], what: str) -> float:
-    """Wall seconds of one subprocess; a failure stops the bench with the end of its output."""
+def run_timed(command: list[str], env: dict[str, str], what: str) -> tuple[float, str]:
+    """Wall seconds and standard output of one subprocess; a failure stops the bench with the end of its
+    output."""
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.stderr.write((result.stdout + result.stderr)[-4000:])
         raise SystemExit(f"bench: {what} failed (exit {result.returncode}); output above.")
-    return wall
+    return wall, result.stdout
 
 
 def covidseg_train(run_dir: Path, overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
     """One `covidseg-train` run into a fresh `run_dir`; returns its metrics.json and the wall time."""
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [sys.executable, "-m", "covidseg.train", *overrides, f"hydra.run.dir={run_dir}"]
-    wall = run_timed(command, env, " ".join(command))
+    wall, _ = run_timed(command, env, " ".join(command))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {**metrics, "wall_seconds": wall}
 
@@ -157,11 +158,8 @@ def bare_in_fresh_process(split: Path, epochs: int, gpu: bool) -> dict[str, Any]
         "print(json.dumps({**first, 'warm_images_per_second': again['images_per_second']}))"
     )
     command = [sys.executable, "-c", code, str(Path(__file__).parent), str(split), str(epochs), str(int(gpu))]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.stderr.write((result.stdout + result.stderr)[-4000:])
-        raise SystemExit(f"bench: the bare loop failed (exit {result.returncode}); output above.")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    _, output = run_timed(command, dict(os.environ), "the bare loop")
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def throughput(
@@ -243,7 +241,7 @@ def sweep(root: Path, work: Path, jobs: int, image_size: int, epochs: int, limit
         sys.executable,
         "-m",
         "covidseg.train",
-        "-m",
+        "-m",  # Hydra's multirun
         f"data.root={root}",
         f"data.image_size={image_size}",
         f"data.limit={limit}",
@@ -253,7 +251,7 @@ def sweep(root: Path, work: Path, jobs: int, image_size: int, epochs: int, limit
         f"hydra.sweep.dir={sweep_dir}",
     ]
     env = {**os.environ, "COVIDSEG_CACHE_DIR": str(work / "cache-real")}
-    wall = run_timed(command, env, "the sweep")
+    wall, _ = run_timed(command, env, "the sweep")
     job_dirs = sorted(d for d in sweep_dir.iterdir() if (d / "metrics.json").is_file())
     train = [json.loads((d / "metrics.json").read_text())["train_seconds"] for d in job_dirs]
     spans = [_log_span(d) for d in job_dirs]

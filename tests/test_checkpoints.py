@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 import pathlib
+import time
 from pathlib import Path
 
 import lightning as L
@@ -268,8 +269,6 @@ def test_background_writes_keep_the_weights_of_the_save_and_their_order(tmp_path
 
     def slow_save(obj, file):  # the training thread goes on while the file is written
         started.append(obj["epoch"])
-        import time
-
         time.sleep(0.2)
         real_save(obj, file)
 
