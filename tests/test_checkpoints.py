@@ -412,7 +412,7 @@ def test_no_second_name_for_a_file_whose_write_failed(tmp_path, monkeypatch):
 
 
 def test_replaced_files_are_kept_until_the_next_save_and_then_removed(tmp_path):
-    """The replaced file is deleted before the next write (so that write reuses its memory), and at the end."""
+    """The replaced file is deleted before the next write (which reuses its memory), and at the end."""
     io = AtomicCheckpointIO()
     last = tmp_path / "last.ckpt"
     stale = tmp_path / ".last.ckpt.previous"
