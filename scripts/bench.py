@@ -17,7 +17,8 @@ Sections (each measured here and now; nothing is asserted, the numbers are for r
 - sweep: a small multirun's wall time vs the sum of its jobs' train_seconds, and where the rest goes.
 - setup: CXRDataModule.setup() ms per image on generated PNGs, cold cache then warm, in fresh processes,
   with peak RssAnon; for each --setup-n at --setup-size, and at --setup-compare-size for the largest N.
-- rss: peak RssAnon of short covidseg-train runs on --rss-n generated images (and --rss-ref-n of them).
+- rss: peak RssAnon of short covidseg-train runs on --rss-n generated images (and --rss-ref-n of them), and of
+  a bare PyTorch loop at the same image and batch size (no data set: the floor training itself sets).
 - backbones (only when asked): training images/s per backbone on random input.
 From setup and rss, an extrapolation to NIH ChestX-ray14's 112,120 images (estimates, labelled so).
 """
@@ -214,6 +215,17 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{r['wall_seconds']:.0f} s",
             )
         )
+    bare = results.get("rss_bare")
+    if bare:
+        rows.append(
+            (
+                "Peak memory of a bare PyTorch loop (reference)",
+                f"resnet18 + Adam at {bare['image_size']} px, batch {bare['batch_size']}, 3 steps on one "
+                "random batch; torch and timm imported, no data set",
+                f"RssAnon {gb(bare['peak_rss_anon_mb'])} (peak RSS {gb(bare['peak_rss_mb'])})",
+                "what training itself takes at this batch: the floor under any run above",
+            )
+        )
     e = results.get("extrapolation") or {}
     label = f"Estimate for {NIH_IMAGES:,} images (extrapolated)"
     for state in ("cold", "warm"):
@@ -358,6 +370,7 @@ def main() -> None:
             args.rss_batch_size,
             args.rss_args,
         )
+        results["rss_bare"] = bench_data.bare_rss(args.rss_image_size, args.rss_batch_size)
     if "backbones" in args.sections:
         print("== backbones", flush=True)
         results["backbones"] = bench_train.backbone_speed(args.backbones, args.backbone_size)

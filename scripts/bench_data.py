@@ -41,6 +41,25 @@ print("BENCH_RESULT " + json.dumps({"setup_seconds": seconds, "n_images": n, "rs
 """
 
 
+# Run in the subprocess: the memory floor of training itself, without covidseg or a data set: resnet18 (timm,
+# one input channel, one logit) trained with Adam for a few steps on one random uint8 batch, normalised as
+# covidseg normalises it.
+BARE_CHILD = """
+import sys, timm, torch, torch.nn.functional as F
+image_size, batch_size = int(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(0)
+net = timm.create_model("resnet18", pretrained=False, num_classes=1, in_chans=1)
+optimizer = torch.optim.Adam(net.parameters(), lr=0.002)
+x = torch.randint(0, 256, (batch_size, 1, image_size, image_size), dtype=torch.uint8)
+y = torch.randint(0, 2, (batch_size,)).float()
+for _ in range(3):
+    loss = F.binary_cross_entropy_with_logits(net((x.float() / 255 - 0.5) / 0.25).squeeze(1), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+"""
+
+
 @dataclass
 class Polled:
     """A finished subprocess with the peaks of its memory, sampled from outside."""
@@ -195,3 +214,18 @@ def rss_runs(
                 flush=True,
             )
     return rows
+
+
+def bare_rss(image_size: int, batch_size: int) -> dict[str, Any]:
+    """Peak RssAnon of a bare PyTorch training loop (BARE_CHILD) at the memory runs' image and batch size:
+    what training alone needs (imports, network, Adam, activations), whatever the trainer or data set."""
+    result = run_polled([sys.executable, "-c", BARE_CHILD, str(image_size), str(batch_size)])
+    check(result, "the bare loop (memory run)")
+    row = {
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "peak_rss_anon_mb": result.peak_rss_anon_kb / 1024,
+        "peak_rss_mb": result.peak_rss_kb / 1024,
+    }
+    print(f"  bare loop at {image_size} px, batch {batch_size}: peak RssAnon {row['peak_rss_anon_mb']:.0f} MB")
+    return row
