@@ -341,7 +341,7 @@ def _tensors(collection: Any) -> list[torch.Tensor]:
 
 
 _PLAIN = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, Path, enum.Enum)
-_BY_VALUE = 1 << 20  # CPU tensors up to 1 MiB are keyed by their bytes (counters, random states)
+_BY_VALUE = 1 << 16  # CPU tensors up to 64 KiB are keyed by their bytes (counters, random states)
 _SMALL = 64  # device tensors without a version counter are keyed by value up to this many elements
 
 

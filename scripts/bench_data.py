@@ -227,5 +227,6 @@ def bare_rss(image_size: int, batch_size: int) -> dict[str, Any]:
         "peak_rss_anon_mb": result.peak_rss_anon_kb / 1024,
         "peak_rss_mb": result.peak_rss_kb / 1024,
     }
-    print(f"  bare loop at {image_size} px, batch {batch_size}: peak RssAnon {row['peak_rss_anon_mb']:.0f} MB")
+    peak = row["peak_rss_anon_mb"]
+    print(f"  bare loop at {image_size} px, batch {batch_size}: peak RssAnon {peak:.0f} MB", flush=True)
     return row

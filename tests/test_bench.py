@@ -84,3 +84,17 @@ def test_bench_setup_section_writes_its_numbers(tmp_path):
         assert row["ms_per_image"] > 0 and row["peak_rss_anon_mb"] > 0 and row["peak_rss_mb"] > 0
         assert abs(row["ms_per_image"] - 1000 * row["setup_seconds"] / 24) < 1e-6
     assert {"setup_cold_seconds", "setup_warm_seconds"} <= set(results["extrapolation"])
+
+
+def test_bench_measures_a_bare_loops_memory_floor():
+    """The reference row of the rss section: a real training subprocess, its peak RssAnon polled from outside,
+    and more memory for a larger batch (activations)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_data
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    small, large = bench_data.bare_rss(64, 1), bench_data.bare_rss(256, 16)
+    assert small["image_size"] == 64 and small["batch_size"] == 1
+    assert 0 < small["peak_rss_anon_mb"] <= small["peak_rss_mb"]
+    assert large["peak_rss_anon_mb"] > small["peak_rss_anon_mb"] + 100
