@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.checkpoints import AtomicCheckpointIO, read_checkpoint, safe_loading
+from covidseg.checkpoint_writer import AtomicCheckpointIO
+from covidseg.checkpoints import read_checkpoint, safe_loading
 from covidseg.resume_state import ResumableState, keep_csv_history
 from covidseg.tracking import finish_wandb
 
