@@ -139,7 +139,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial_file = target.with_name(f".{target.name}.{os.getpid()}.partial")
         spare = _spare(target)
         try:
-            spare.unlink(missing_ok=True)  # left by a run that was killed: always a stale copy
+            # Ours were dropped above: any other is a stale copy left by a run that was killed.
+            for stale in target.parent.glob(f".*{_SPARE_SUFFIX}"):
+                stale.unlink(missing_ok=True)
             partial_file.unlink(missing_ok=True)
             yield partial_file
             try:
@@ -201,8 +203,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_mapped(path, map_location=map_location)
 
 
+_SPARE_SUFFIX = ".previous"
+
+
 def _spare(target: Path) -> Path:
-    return target.with_name(f".{target.name}.previous")
+    return target.with_name(f".{target.name}{_SPARE_SUFFIX}")
 
 
 def _tensors(collection: Any) -> list[torch.Tensor]:

@@ -192,9 +192,10 @@ def test_replaced_files_are_kept_until_the_next_save_and_then_removed(tmp_path):
     io = AtomicCheckpointIO()
     last = tmp_path / "last.ckpt"
     stale = tmp_path / ".last.ckpt.previous"
+    (tmp_path / ".best.ckpt.previous").write_bytes(b"left by a run that was killed")
     stale.write_bytes(b"left by a run that was killed")
     io.save_checkpoint(_checkpoint(0, torch.zeros(300_000)), last)
-    assert not stale.exists()  # no file to keep on the first save: the stale one is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the stale copies are gone
     first = last.stat().st_ino
     io.save_checkpoint(_checkpoint(1, torch.ones(300_000)), last)
     assert stale.stat().st_ino == first and read_checkpoint(last, HINT)["epoch"] == 1
