@@ -43,7 +43,8 @@ print("BENCH_RESULT " + json.dumps({"setup_seconds": seconds, "n_images": n, "rs
 
 # Run in the subprocess: the memory floor of training itself, without covidseg or a data set: resnet18 (timm,
 # one input channel, one logit) trained with Adam for a few steps on one random uint8 batch, normalised as
-# covidseg normalises it.
+# covidseg normalises it. Not bench_train.backbone_speed: that imports covidseg (Lightning, torchmetrics),
+# whose memory is part of what the floor must leave out.
 BARE_CHILD = """
 import sys, timm, torch, torch.nn.functional as F
 image_size, batch_size = int(sys.argv[1]), int(sys.argv[2])

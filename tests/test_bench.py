@@ -98,3 +98,20 @@ def test_bench_measures_a_bare_loops_memory_floor():
     assert small["image_size"] == 64 and small["batch_size"] == 1
     assert 0 < small["peak_rss_anon_mb"] <= small["peak_rss_mb"]
     assert large["peak_rss_anon_mb"] > small["peak_rss_anon_mb"] + 100
+
+
+def test_hook_timers_time_a_real_run(tmp_path):
+    """scripts/hook_timers.py (the README's per-hook GPU timings) runs covidseg-train and times each hook."""
+    run = tmp_path / "run"
+    overrides = ["data.limit=40", "data.image_size=32", "trainer.max_epochs=2", "trainer=cpu", "logger=none"]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "hook_timers.py"), *overrides, f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = {line.split(" n=")[0].strip(): line for line in result.stdout.splitlines() if " n=" in line}
+    assert "Classifier.on_validation_epoch_end" in lines and "validation / test loop" in lines
+    assert " n=   2 " in lines["Classifier.on_train_epoch_end"]  # once per epoch
+    assert "AtomicCheckpointIO.save_checkpoint (training thread)" in lines
+    assert (run / "metrics.json").is_file()
