@@ -4,6 +4,7 @@ background on accelerators. Reading them is covidseg.checkpoints' job."""
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -91,7 +92,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], target: Path, copied: torch.cuda.Event | None = None
     ) -> None:
         with self._replacing(target) as partial_file, self._side_stream(copied), _crc32(self.crc32):
-            torch.save(checkpoint, partial_file)
+            try:
+                torch.save(checkpoint, partial_file)
+            except (OSError, RuntimeError) as error:
+                raise _write_error(target, checkpoint, error) from error
 
     def _copied_event(self, tensors: list[torch.Tensor]) -> torch.cuda.Event | None:
         """On a CUDA device: an event on the training stream after the snapshot's copies, for the writer's
@@ -204,6 +208,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 _SPARE_SUFFIX = ".previous"
+
+
+def _write_error(target: Path, checkpoint: dict[str, Any], error: BaseException) -> OSError:
+    """What a failed torch.save means, said with the disk's free space: on a full disk torch's zip
+    writer reports only a file position it did not expect ('unexpected pos ...')."""
+    needed = sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    full = free is not None and free < 2 * needed
+    where = f"{free / 1e6:,.0f} MB free" if free is not None else "free space unknown"
+    message = (
+        f"Could not write checkpoint {target}: {error}. {where} in {target.parent}; this checkpoint needs "
+        f"about {needed / 1e6:,.0f} MB (twice that while the previous file is replaced)."
+    )
+    if full:
+        message += " The disk is full: free space there, or run in a folder on a larger disk (hydra.run.dir)."
+    return OSError(errno.ENOSPC if full else errno.EIO, message)
 
 
 def _spare(target: Path) -> Path:

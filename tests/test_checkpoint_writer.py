@@ -3,9 +3,11 @@ accelerators, onto the memory of the file they replace."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -75,6 +77,31 @@ def test_a_failed_background_write_is_raised_and_leaves_the_previous_file(tmp_pa
         io.teardown()  # Lightning's end of fit: the error is not lost in the thread
     assert read_checkpoint(path, HINT)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_full_disk_is_said_in_plain_words(tmp_path, monkeypatch):
+    """torch.save on a full disk says only 'unexpected pos ...': the error names the file, the free space and
+    what to do, and the previous checkpoint stays whole."""
+    path = tmp_path / "best.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, path)
+
+    def full(obj, file):
+        Path(file).write_bytes(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1247 vs 1136")
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = SimpleNamespace(total=10**9, used=10**9 - 3000, free=3000)
+    monkeypatch.setattr("shutil.disk_usage", lambda folder: usage)
+    with pytest.raises(OSError) as raised:
+        io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(1000)}}, path)
+    message = str(raised.value)
+    assert raised.value.errno == errno.ENOSPC
+    assert str(path) in message and "unexpected pos" in message and "0 MB free" in message
+    assert "disk is full" in message and "hydra.run.dir" in message
+    monkeypatch.undo()
+    assert read_checkpoint(path, HINT)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
 
 
 def test_cpu_checkpoints_are_written_in_line(tmp_path, monkeypatch):
