@@ -18,7 +18,9 @@ Sections (each measured here and now; nothing is asserted, the numbers are for r
 - setup: CXRDataModule.setup() ms per image on generated PNGs, cold cache then warm, in fresh processes,
   with peak RssAnon; for each --setup-n at --setup-size, and at --setup-compare-size for the largest N.
 - rss: peak RssAnon of short covidseg-train runs on --rss-n generated images (and --rss-ref-n of them), and of
-  a bare PyTorch loop at the same image and batch size (no data set: the floor training itself sets).
+  a bare PyTorch loop at the same image and batch size (no data set: the floor training itself sets), with its
+  time per step. With --rss-low-memory-malloc all of it again under glibc's MALLOC_MMAP_THRESHOLD_=131072,
+  which lowers that floor at a cost in speed (both shown).
 - backbones (only when asked): training images/s per backbone on random input.
 From setup and rss, an extrapolation to NIH ChestX-ray14's 112,120 images (estimates, labelled so).
 """
@@ -108,6 +110,7 @@ def extrapolate(
                 out[f"setup_{state}_rss_anon_kb_per_image"] = slope * 1024
             out[f"setup_{state}_seconds"] = seconds
             out[f"setup_{state}_from"] = f"{how}, {source_size}² PNGs"
+    rss = [r for r in rss or [] if not r.get("env")]  # the default allocator's runs
     if rss:
         peak = {}
         for r in rss:  # the larger of cold and warm per N
@@ -122,6 +125,11 @@ def extrapolate(
             out["run_from"] = f"N={ns[0]} and N={ns[-1]}"
             out["run_rss_anon_mb"] = peak[ns[-1]] + slope * (NIH_IMAGES - ns[-1])
     return out
+
+
+def malloc_label(row: dict[str, Any]) -> str:
+    env = row.get("env") or {}
+    return (", " + " ".join(f"{k}={v}" for k, v in env.items())) if env else ""
 
 
 def plural(n: int, word: str) -> str:
@@ -206,7 +214,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     for r in results.get("rss") or []:
         rows.append(
             (
-                "Peak memory of a run",
+                f"Peak memory of a run{malloc_label(r)}",
                 f"{r['n']} generated {r['source_size']}² PNGs at "
                 f"data.image_size={r['image_size']}, {r['cache']} cache",
                 f"RssAnon {gb(r['peak_rss_anon_mb'])} (peak RSS {gb(r['peak_rss_mb'])}); uint8 "
@@ -215,15 +223,18 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{r['wall_seconds']:.0f} s",
             )
         )
-    bare = results.get("rss_bare")
-    if bare:
+    bare_rows = results.get("rss_bare") or []
+    for bare in bare_rows:
+        speed = f"{bare['ms_per_step']:.0f} ms per step"
+        if bare.get("env") and not bare_rows[0].get("env"):
+            speed += f" ({bare['ms_per_step'] / bare_rows[0]['ms_per_step']:.2f}× the default's)"
         rows.append(
             (
-                "Peak memory of a bare PyTorch loop (reference)",
-                f"resnet18 + Adam at {bare['image_size']} px, batch {bare['batch_size']}, 3 steps on one "
+                f"Peak memory of a bare PyTorch loop (reference){malloc_label(bare)}",
+                f"resnet18 + Adam at {bare['image_size']} px, batch {bare['batch_size']}, 4 steps on one "
                 "random batch; torch and timm imported, no data set",
-                f"RssAnon {gb(bare['peak_rss_anon_mb'])} (peak RSS {gb(bare['peak_rss_mb'])})",
-                "what training itself takes at this batch: the floor under any run above",
+                f"RssAnon {gb(bare['peak_rss_anon_mb'])} (peak RSS {gb(bare['peak_rss_mb'])}); {speed}",
+                "what training itself takes at this batch: the floor under runs with the same malloc",
             )
         )
     e = results.get("extrapolation") or {}
@@ -319,6 +330,11 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--rss-image-size", type=int, default=448)
     g.add_argument("--rss-batch-size", type=int, default=8)
     g.add_argument("--rss-args", nargs="*", default=[], help="extra Hydra overrides for these runs")
+    g.add_argument(
+        "--rss-low-memory-malloc",
+        action="store_true",
+        help="measure again with MALLOC_MMAP_THRESHOLD_=131072 (glibc): less memory, slower steps",
+    )
     g = p.add_argument_group("backbones")
     g.add_argument("--backbones", nargs="+", default=["resnet18", "densenet121", "mobilenetv3_large_100"])
     g.add_argument("--backbone-size", type=int, default=128)
@@ -361,16 +377,20 @@ def main() -> None:
         )
     if "rss" in args.sections:
         print("== rss: peak memory of real runs", flush=True)
-        results["rss"] = bench_data.rss_runs(
-            work,
-            args.rss_n,
-            args.rss_ref_n,
-            args.rss_size,
-            args.rss_image_size,
-            args.rss_batch_size,
-            args.rss_args,
-        )
-        results["rss_bare"] = bench_data.bare_rss(args.rss_image_size, args.rss_batch_size)
+        settings = [{}] + ([bench_data.LOW_MEMORY_MALLOC] if args.rss_low_memory_malloc else [])
+        results["rss"], results["rss_bare"] = [], []
+        for env in settings:
+            results["rss"] += bench_data.rss_runs(
+                work,
+                args.rss_n,
+                args.rss_ref_n,
+                args.rss_size,
+                args.rss_image_size,
+                args.rss_batch_size,
+                args.rss_args,
+                env,
+            )
+            results["rss_bare"].append(bench_data.bare_rss(args.rss_image_size, args.rss_batch_size, env))
     if "backbones" in args.sections:
         print("== backbones", flush=True)
         results["backbones"] = bench_train.backbone_speed(args.backbones, args.backbone_size)

@@ -46,19 +46,27 @@ print("BENCH_RESULT " + json.dumps({"setup_seconds": seconds, "n_images": n, "rs
 # covidseg normalises it. Not bench_train.backbone_speed: that imports covidseg (Lightning, torchmetrics),
 # whose memory is part of what the floor must leave out.
 BARE_CHILD = """
-import sys, timm, torch, torch.nn.functional as F
+import json, statistics, sys, time, timm, torch, torch.nn.functional as F
 image_size, batch_size = int(sys.argv[1]), int(sys.argv[2])
 torch.manual_seed(0)
 net = timm.create_model("resnet18", pretrained=False, num_classes=1, in_chans=1)
 optimizer = torch.optim.Adam(net.parameters(), lr=0.002)
 x = torch.randint(0, 256, (batch_size, 1, image_size, image_size), dtype=torch.uint8)
 y = torch.randint(0, 2, (batch_size,)).float()
-for _ in range(3):
+seconds = []
+for _ in range(4):
+    start = time.perf_counter()
     loss = F.binary_cross_entropy_with_logits(net((x.float() / 255 - 0.5) / 0.25).squeeze(1), y)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+    seconds.append(time.perf_counter() - start)
+print("BENCH_RESULT " + json.dumps({"ms_per_step": 1000 * statistics.median(seconds[1:])}))
 """
+
+# glibc's malloc setting that trades speed for memory (see bare_rss): returned to the system on free, large
+# blocks cannot pile up in the heap, but every step faults its memory in again.
+LOW_MEMORY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 @dataclass
@@ -105,6 +113,12 @@ def run_polled(command: list[str], env: dict[str, str] | None = None, interval: 
     return Polled(process.returncode, "".join(chunks), time.perf_counter() - start, peak_anon, peak_hwm)
 
 
+def _result_line(output: str) -> dict[str, Any]:
+    """The numbers a child process printed on its BENCH_RESULT line."""
+    line = next(x for x in output.splitlines() if x.startswith("BENCH_RESULT "))
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
 def check(result: Polled, what: str) -> None:
     if result.returncode != 0:
         sys.stderr.write(result.output[-4000:])
@@ -116,8 +130,7 @@ def setup_once(root: Path, image_size: int, cache_dir: Path, limit: int) -> dict
     command = [sys.executable, "-c", SETUP_CHILD, str(root), str(image_size), str(cache_dir), str(limit)]
     result = run_polled(command)
     check(result, f"set-up of {root} (limit {limit})")
-    line = next(x for x in result.output.splitlines() if x.startswith("BENCH_RESULT "))
-    child = json.loads(line.removeprefix("BENCH_RESULT "))
+    child = _result_line(result.output)
     return {
         **child,
         "ms_per_image": 1000 * child["setup_seconds"] / child["n_images"],
@@ -164,10 +177,18 @@ def setup_scaling(
 
 
 def rss_runs(
-    work: Path, n: int, ref_n: int, source_size: int, image_size: int, batch_size: int, extra: list[str]
+    work: Path,
+    n: int,
+    ref_n: int,
+    source_size: int,
+    image_size: int,
+    batch_size: int,
+    extra: list[str],
+    env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Peak RssAnon of short real covidseg-train runs on `n` generated images, and on `ref_n` of them
-    (data.limit) so the growth per image shows; each with a cold cache, then again warm."""
+    (data.limit) so the growth per image shows; each with a cold cache, then again warm. `env`: variables
+    set for the runs (e.g. LOW_MEMORY_MALLOC)."""
     root = generate(work / f"gen-{n}-{source_size}", n, source_size)
     rows = []
     for count in sorted({min(ref_n, n), n}):
@@ -192,7 +213,7 @@ def rss_runs(
                 f"hydra.run.dir={run}",
                 *extra,
             ]
-            result = run_polled(command, env={**os.environ, "COVIDSEG_CACHE_DIR": str(cache)})
+            result = run_polled(command, env={**os.environ, **(env or {}), "COVIDSEG_CACHE_DIR": str(cache)})
             check(result, "covidseg-train (memory run)")
             metrics = json.loads((run / "metrics.json").read_text())
             images = sum(int(metrics.get(f"n_{s}", 0)) for s in ("train", "val", "test"))
@@ -202,6 +223,7 @@ def rss_runs(
                     "source_size": source_size,
                     "image_size": image_size,
                     "batch_size": batch_size,
+                    "env": dict(env or {}),
                     "cache": state,
                     "wall_seconds": result.wall_seconds,
                     "peak_rss_anon_mb": result.peak_rss_anon_kb / 1024,
@@ -217,17 +239,25 @@ def rss_runs(
     return rows
 
 
-def bare_rss(image_size: int, batch_size: int) -> dict[str, Any]:
+def bare_rss(image_size: int, batch_size: int, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Peak RssAnon of a bare PyTorch training loop (BARE_CHILD) at the memory runs' image and batch size:
-    what training alone needs (imports, network, Adam, activations), whatever the trainer or data set."""
-    result = run_polled([sys.executable, "-c", BARE_CHILD, str(image_size), str(batch_size)])
+    what training alone needs (imports, network, Adam, activations), whatever the trainer or data set; and
+    its median time per step. `env`: variables set for the child (e.g. LOW_MEMORY_MALLOC)."""
+    command = [sys.executable, "-c", BARE_CHILD, str(image_size), str(batch_size)]
+    result = run_polled(command, env={**os.environ, **(env or {})})
     check(result, "the bare loop (memory run)")
     row = {
         "image_size": image_size,
         "batch_size": batch_size,
+        "env": dict(env or {}),
         "peak_rss_anon_mb": result.peak_rss_anon_kb / 1024,
         "peak_rss_mb": result.peak_rss_kb / 1024,
+        **_result_line(result.output),
     }
-    peak = row["peak_rss_anon_mb"]
-    print(f"  bare loop at {image_size} px, batch {batch_size}: peak RssAnon {peak:.0f} MB", flush=True)
+    setting = " ".join(f"{k}={v}" for k, v in row["env"].items()) or "default malloc"
+    print(
+        f"  bare loop at {image_size} px, batch {batch_size}, {setting}: peak RssAnon "
+        f"{row['peak_rss_anon_mb']:.0f} MB, {row['ms_per_step']:.0f} ms per step",
+        flush=True,
+    )
     return row

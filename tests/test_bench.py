@@ -7,6 +7,7 @@ reports what it claims to, on a tiny generated data set.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +96,14 @@ def test_bench_measures_a_bare_loops_memory_floor():
     finally:
         sys.path.remove(str(SCRIPTS))
     small, large = bench_data.bare_rss(64, 1), bench_data.bare_rss(256, 16)
-    assert small["image_size"] == 64 and small["batch_size"] == 1
+    assert small["image_size"] == 64 and small["batch_size"] == 1 and small["env"] == {}
     assert 0 < small["peak_rss_anon_mb"] <= small["peak_rss_mb"]
     assert large["peak_rss_anon_mb"] > small["peak_rss_anon_mb"] + 100
+    assert large["ms_per_step"] > small["ms_per_step"] > 0
+    if platform.libc_ver()[0] == "glibc":  # the setting --rss-low-memory-malloc measures is glibc's
+        low = bench_data.bare_rss(256, 16, bench_data.LOW_MEMORY_MALLOC)
+        assert low["env"] == bench_data.LOW_MEMORY_MALLOC
+        assert low["peak_rss_anon_mb"] < large["peak_rss_anon_mb"] - 100  # here: 1.03 vs 1.28-1.33 GB
 
 
 def test_hook_timers_time_a_real_run(tmp_path):
