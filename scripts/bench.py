@@ -159,7 +159,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
             (
                 name,
                 "covidseg / bare loop, augmentation off",
-                f"{med['covidseg_no_aug']:.1f} / {med['bare']:.1f} images/s = {t['ratio_no_aug']:.2f}×",
+                f"{med['covidseg_no_aug']:.1f} / {med['bare']:.1f} images/s = {t['ratio_no_aug']:.3f}×",
                 cond,
             )
         )
@@ -167,7 +167,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
             (
                 name,
                 "covidseg, default augmentation / bare loop",
-                f"{med['covidseg_aug']:.1f} images/s = {t['ratio_aug']:.2f}×",
+                f"{med['covidseg_aug']:.1f} images/s = {t['ratio_aug']:.3f}×",
                 "as above",
             )
         )
