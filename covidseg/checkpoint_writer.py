@@ -95,7 +95,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             try:
                 torch.save(checkpoint, partial_file)
             except (OSError, RuntimeError) as error:
-                raise _write_error(target, checkpoint, error) from error
+                said = _write_error(target, checkpoint, error)
+                if said is None:  # not about the file or the disk: torch's own error as it is
+                    raise
+                raise said from error
 
     def _copied_event(self, tensors: list[torch.Tensor]) -> torch.cuda.Event | None:
         """On a CUDA device: an event on the training stream after the snapshot's copies, for the writer's
@@ -210,15 +213,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 _SPARE_SUFFIX = ".previous"
 
 
-def _write_error(target: Path, checkpoint: dict[str, Any], error: BaseException) -> OSError:
-    """What a failed torch.save means, said with the disk's free space: on a full disk torch's zip
-    writer reports only a file position it did not expect ('unexpected pos ...')."""
+def _write_error(target: Path, checkpoint: dict[str, Any], error: BaseException) -> OSError | None:
+    """A failed torch.save said with the disk's free space (on a full disk torch's zip writer reports only
+    a file position it did not expect: 'unexpected pos ...'); None for an error that is neither an OSError
+    nor a disk short of space."""
     needed = sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
     try:
-        free = shutil.disk_usage(target.parent).free
+        free: int | None = shutil.disk_usage(target.parent).free
     except OSError:
         free = None
     full = free is not None and free < 2 * needed
+    if not full and not isinstance(error, OSError):
+        return None
     where = f"{free / 1e6:,.0f} MB free" if free is not None else "free space unknown"
     message = (
         f"Could not write checkpoint {target}: {error}. {where} in {target.parent}; this checkpoint needs "
@@ -226,7 +232,8 @@ def _write_error(target: Path, checkpoint: dict[str, Any], error: BaseException)
     )
     if full:
         message += " The disk is full: free space there, or run in a folder on a larger disk (hydra.run.dir)."
-    return OSError(errno.ENOSPC if full else errno.EIO, message)
+        return OSError(errno.ENOSPC, message)
+    return OSError(getattr(error, "errno", None) or errno.EIO, message)
 
 
 def _spare(target: Path) -> Path:

@@ -99,6 +99,9 @@ def test_a_full_disk_is_said_in_plain_words(tmp_path, monkeypatch):
     assert raised.value.errno == errno.ENOSPC
     assert str(path) in message and "unexpected pos" in message and "0 MB free" in message
     assert "disk is full" in message and "hydra.run.dir" in message
+    usage.free = 10**9  # the same error with room on the disk is torch's own, unchanged
+    with pytest.raises(RuntimeError, match=r"^\[enforce fail"):
+        io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(1000)}}, path)
     monkeypatch.undo()
     assert read_checkpoint(path, HINT)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
