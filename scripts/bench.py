@@ -128,8 +128,8 @@ def extrapolate(
 
 
 def malloc_label(row: dict[str, Any]) -> str:
-    env = row.get("env") or {}
-    return (", " + " ".join(f"{k}={v}" for k, v in env.items())) if env else ""
+    label = bench_data.env_label(row.get("env") or {})
+    return f", {label}" if label else ""
 
 
 def plural(n: int, word: str) -> str:

@@ -113,6 +113,11 @@ def run_polled(command: list[str], env: dict[str, str] | None = None, interval: 
     return Polled(process.returncode, "".join(chunks), time.perf_counter() - start, peak_anon, peak_hwm)
 
 
+def env_label(env: dict[str, str]) -> str:
+    """The variables a measurement ran with, as a shell would set them ('' for none)."""
+    return " ".join(f"{k}={v}" for k, v in env.items())
+
+
 def _result_line(output: str) -> dict[str, Any]:
     """The numbers a child process printed on its BENCH_RESULT line."""
     line = next(x for x in output.splitlines() if x.startswith("BENCH_RESULT "))
@@ -254,7 +259,7 @@ def bare_rss(image_size: int, batch_size: int, env: dict[str, str] | None = None
         "peak_rss_mb": result.peak_rss_kb / 1024,
         **_result_line(result.output),
     }
-    setting = " ".join(f"{k}={v}" for k, v in row["env"].items()) or "default malloc"
+    setting = env_label(row["env"]) or "default malloc"
     print(
         f"  bare loop at {image_size} px, batch {batch_size}, {setting}: peak RssAnon "
         f"{row['peak_rss_anon_mb']:.0f} MB, {row['ms_per_step']:.0f} ms per step",
