@@ -72,7 +72,7 @@ def install() -> None:
     timed(ModelCheckpoint, "_save_checkpoint", "ModelCheckpoint._save_checkpoint", sync_first=True)
     timed(_CheckpointConnector, "dump_checkpoint", "Lightning's dump_checkpoint", sync_after=False)
     timed(Writer, "save_checkpoint", "AtomicCheckpointIO.save_checkpoint (training thread)", sync_after=False)
-    timed(Writer, "_write", "AtomicCheckpointIO._write (writer thread on a GPU)", sync_after=False)
+    timed(Writer, "_write", "AtomicCheckpointIO._write (in line on a CPU, thread on a GPU)", sync_after=False)
     timed(Writer, "_second_name", "AtomicCheckpointIO._second_name", sync_after=False)
     timed(Writer, "teardown", "AtomicCheckpointIO.teardown (waits for writes)", sync_after=False)
     timed(_EvaluationLoop, "run", "validation / test loop", sync_after=False)
