@@ -62,11 +62,21 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "covidseg"
 
 
+def log_dir() -> Path:
+    """Where runs and sweeps are written: $COVIDSEG_LOG_DIR, else `logs/` under the current directory.
+
+    Resolved without Hydra's runtime config: Hydra resolves `hydra.sweep.dir` before it sets
+    `hydra.runtime.cwd`, so an interpolation of the latter broke every multirun without a sweep dir.
+    """
+    env = os.environ.get("COVIDSEG_LOG_DIR")
+    return Path(env).expanduser().absolute() if env else Path.cwd() / "logs"
+
+
 def register_resolvers() -> None:
-    """Make `${covidseg.data_dir:}` and `${covidseg.cache_dir:}` usable in the Hydra configs."""
+    """Make `${covidseg.data_dir:}`, `${covidseg.cache_dir:}` and `${covidseg.log_dir:}` usable in the
+    Hydra configs."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("covidseg.data_dir"):
-        OmegaConf.register_new_resolver("covidseg.data_dir", lambda: str(data_dir()))
-    if not OmegaConf.has_resolver("covidseg.cache_dir"):
-        OmegaConf.register_new_resolver("covidseg.cache_dir", lambda: str(cache_dir()))
+    for name, folder in (("data_dir", data_dir), ("cache_dir", cache_dir), ("log_dir", log_dir)):
+        if not OmegaConf.has_resolver(f"covidseg.{name}"):
+            OmegaConf.register_new_resolver(f"covidseg.{name}", lambda folder=folder: str(folder()))

@@ -74,12 +74,16 @@ def make_dataset(
 
 
 def run_cli(
-    *args: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None
+    *args: str,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
     """Run a covidseg console script as a user would; output is kept for assertions and failures."""
     command = [str(BIN / args[0]), *args[1:]]
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+        command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})}
     )
     if check and result.returncode != 0:
         raise AssertionError(
