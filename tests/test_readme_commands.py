@@ -44,8 +44,8 @@ def readme_sweeps() -> list[str]:
             words = shlex.split(line, comments=True)
             if words[:1] != ["covidseg-train"]:
                 continue
-            sweeps = "-m" in words or any(w.startswith(("experiment=compare", "hparams_search=")) for w in words)
-            if sweeps:
+            sweep_configs = ("experiment=compare", "hparams_search=")
+            if "-m" in words or any(w.startswith(sweep_configs) for w in words):
                 commands.append(shlex.join(words))
     return commands
 
