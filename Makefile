@@ -61,10 +61,10 @@ test:
 test-fast:
 	$(BIN)/python -m pytest -x -q -m "not slow"
 
-# Speed and memory measured on this machine, one table (README "Performance"); asserts nothing.
+# Speed and memory measured on this machine, one table (docs/performance.md); asserts nothing.
 # make bench ARGS="--json bench.json --rss-n 20000"
 bench:
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 clean-cache:
 	rm -rf $${COVIDSEG_CACHE_DIR:-$$HOME/.cache/covidseg}

@@ -1,6 +1,6 @@
-"""scripts/generate_images.py makes data sets covidseg loads; scripts/bench.py's set-up section runs.
+"""benchmarks.generate_images makes data sets covidseg loads; benchmarks.bench's set-up section runs.
 
-The speeds bench.py prints are not checked (it asserts nothing by design): only that it measures and
+The speeds benchmarks.bench prints are not checked (it asserts nothing by design): only that it measures and
 reports what it claims to, on a tiny generated data set.
 """
 
@@ -16,18 +16,19 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from benchmarks import bench_data
 from covidseg.data.datamodule import CXRDataModule
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from tests.conftest import REPO
 
 
 def generate(out: Path, n: int, size: int, seed: int = 0) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPTS / "generate_images.py"), "--n", str(n), "--size", str(size)]
+    command = [sys.executable, "-m", "benchmarks.generate_images", "--n", str(n), "--size", str(size)]
     return subprocess.run(
         [*command, "--out", str(out), "--seed", str(seed), "--workers", "2"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO,
     )
 
 
@@ -66,12 +67,13 @@ def test_generator_is_deterministic_and_idempotent(tmp_path):
 
 def test_bench_setup_section_writes_its_numbers(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(SCRIPTS / "bench.py"), "--sections", "setup", "--setup-n", "24"]
+    command = [sys.executable, "-m", "benchmarks.bench", "--sections", "setup", "--setup-n", "24"]
     options = ["--setup-size", "64", "--setup-compare-size", "0", "--setup-image-size", "32"]
     result = subprocess.run(
         [*command, *options, "--work-dir", str(tmp_path / "work"), "--json", str(out)],
         capture_output=True,
         text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| Set-up, cold cache | N=24, 64² PNGs" in result.stdout
@@ -90,11 +92,6 @@ def test_bench_setup_section_writes_its_numbers(tmp_path):
 def test_bench_measures_a_bare_loops_memory_floor():
     """The reference row of the rss section: a real training subprocess, its peak RssAnon polled from outside,
     and more memory for a larger batch (activations)."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import bench_data
-    finally:
-        sys.path.remove(str(SCRIPTS))
     small, large = bench_data.bare_rss(64, 1), bench_data.bare_rss(256, 16)
     assert small["image_size"] == 64 and small["batch_size"] == 1 and small["env"] == {}
     assert 0 < small["peak_rss_anon_mb"] <= small["peak_rss_mb"]
@@ -107,13 +104,15 @@ def test_bench_measures_a_bare_loops_memory_floor():
 
 
 def test_hook_timers_time_a_real_run(tmp_path):
-    """scripts/hook_timers.py (the README's per-hook GPU timings) runs covidseg-train and times each hook."""
+    """benchmarks.hook_timers (the per-hook GPU timings of docs/performance.md) runs covidseg-train and times
+    each hook."""
     run = tmp_path / "run"
     overrides = ["data.limit=40", "data.image_size=32", "trainer.max_epochs=2", "trainer=cpu", "logger=none"]
     result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "hook_timers.py"), *overrides, f"hydra.run.dir={run}"],
+        [sys.executable, "-m", "benchmarks.hook_timers", *overrides, f"hydra.run.dir={run}"],
         capture_output=True,
         text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = {line.split(" n=")[0].strip(): line for line in result.stdout.splitlines() if " n=" in line}

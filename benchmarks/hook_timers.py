@@ -1,6 +1,6 @@
 """covidseg-train with timers on the per-epoch work: where an epoch's time goes beyond the training steps.
 
-    python scripts/hook_timers.py data.image_size=224 trainer=gpu logger=none [any covidseg-train overrides]
+    python -m benchmarks.hook_timers data.image_size=224 trainer=gpu logger=none [covidseg-train overrides]
 
 Epoch-level hooks synchronise the device before they start (that wait, the GPU's backlog, is reported on its
 own line) and after they end, so their time includes the device work they queued; the checkpoint writer's

@@ -1,11 +1,11 @@
 """`make bench`: covidseg's speed and memory, measured in one run on this machine; prints one table.
 
-    python scripts/bench.py [--sections train sweep setup rss] [--json bench.json]
+    python -m benchmarks.bench [--sections train sweep setup rss] [--json bench.json]
     # the issue's full-size checks (a few GB of generated PNGs under --work-dir):
-    python scripts/bench.py --setup-n 500 1000 3000 --setup-size 1024 --rss-n 20000 --rss-size 512 \\
+    python -m benchmarks.bench --setup-n 500 1000 3000 --setup-size 1024 --rss-n 20000 --rss-size 512 \\
         --rss-image-size 448
     # per-backbone training speed, to budget a study:
-    python scripts/bench.py --sections backbones --backbone-size 224
+    python -m benchmarks.bench --sections backbones --backbone-size 224
 
 Sections (each measured here and now; nothing is asserted, the numbers are for reading):
 - train: images/s of covidseg-train vs a bare PyTorch loop on the same split of the real covid-cxr data
@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench_data
 import torch
 
+from benchmarks import bench_data
 from covidseg.paths import data_dir
 
 NIH_IMAGES = 112_120
@@ -353,7 +353,7 @@ def main() -> None:
     started = time.perf_counter()
     print(f"Machine: {describe(results['machine'])}", flush=True)
     if {"train", "sweep", "backbones"} & set(args.sections):
-        import bench_train  # imports Lightning and timm: not needed by the data sections
+        from benchmarks import bench_train  # imports Lightning and timm: not needed by the data sections
     if "train" in args.sections:
         if not args.no_cpu:
             print("== train: covidseg vs bare loop (CPU)", flush=True)

@@ -1,6 +1,6 @@
 """Generate a chest-X-ray-like data set in covidseg's format, for benchmarks at any scale.
 
-    python scripts/generate_images.py --n 3000 --size 1024 --out /tmp/covidseg-bench/gen-3000-1024
+    python -m benchmarks.generate_images --n 3000 --size 1024 --out /tmp/covidseg-bench/gen-3000-1024
 
 Writes OUT/images/<label>/<index>.png (8-bit grayscale, SIZE x SIZE) and OUT/metadata.csv with the
 columns of the real covid-cxr set (path,label,patient_id,source,view). Each image is a smooth torso with
@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageFilter
 
 CLASSES = ("normal", "covid")
-SOURCE = "generated (scripts/generate_images.py)"
+SOURCE = "generated (benchmarks/generate_images.py)"
 
 
 def manifest(n: int, seed: int, per_patient: int = 3) -> pd.DataFrame:

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The README's recipe comparison and lever table, at the quick study's size (112 px, 8 epochs, 3 seeds):
-# one Hydra sweep per setting, a covidseg-report for each, then scripts/lever_table.py over all of them.
+# The recipe comparison and lever tables of experiments/README.md, at the quick study's size (112 px,
+# 8 epochs, 3 seeds): one Hydra sweep per setting, a covidseg-report for each, then
+# experiments/lever_table.py over all of them.
 #
-#   scripts/levers.sh OUT_DIR [Hydra overrides for every job, e.g. segmenter.ckpt_path=...]
+#   experiments/levers.sh OUT_DIR [Hydra overrides for every job, e.g. segmenter.ckpt_path=...]
 #
 # Needs a trained segmenter (`make segmenter`). On 2 CPU cores this is many hours (about 90 jobs of
 # 1-3 min); on a GPU machine run the jobs in parallel with
-#   LAUNCHER="hydra/launcher=parallel hydra.launcher.n_jobs=2" PARALLEL_SWEEPS=1 scripts/levers.sh OUT_DIR
+#   LAUNCHER="hydra/launcher=parallel hydra.launcher.n_jobs=2" PARALLEL_SWEEPS=1 experiments/levers.sh OUT_DIR
 # SMOKE=1 runs three tiny sweeps only, to check the pipeline end to end.
 set -uo pipefail
-out=${1:?usage: scripts/levers.sh OUT_DIR [overrides]}
+out=${1:?usage: experiments/levers.sh OUT_DIR [overrides]}
 shift
 PY=${PYTHON:-.venv/bin/python}
 LAUNCHER=${LAUNCHER:-}
@@ -46,7 +47,7 @@ if [[ -n ${SMOKE:-} ]]; then
   sweep clahe_stable recipe=stable model.backbone=resnet18 seed=0 data.input=raw data.equalize=clahe
   sweep folds_stable recipe=stable model.backbone=resnet18 seed=0 data.input=raw data.folds=2 data.fold=0,1
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  $PY scripts/lever_table.py "$out" --recipes study stable | tee "$out/tables.md"
+  $PY experiments/lever_table.py "$out" --recipes study stable | tee "$out/tables.md"
   exit $failed
 fi
 # 3 backbones x raw/segmented/lungs_removed x 3 seeds (the quick study's grid), per recipe
@@ -63,5 +64,5 @@ for recipe in study stable; do
     data.crop_to_lungs=true
 done
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-$PY scripts/lever_table.py "$out" --recipes study stable stable_ema | tee "$out/tables.md"
+$PY experiments/lever_table.py "$out" --recipes study stable stable_ema | tee "$out/tables.md"
 exit $failed

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from generate_images import generate
+from benchmarks.generate_images import generate
 
 # Run in the subprocess: time CXRDataModule.setup() alone (imports excluded), on a fresh cache or a warm one.
 SETUP_CHILD = """

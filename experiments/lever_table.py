@@ -1,6 +1,7 @@
-"""The README's recipe and lever tables from the sweeps of scripts/levers.sh (each with its results.csv).
+"""The recipe and lever tables of experiments/README.md, from the sweeps of experiments/levers.sh (each
+with its results.csv).
 
-    python scripts/lever_table.py OUT_DIR
+    python experiments/lever_table.py OUT_DIR
 
 Prints Markdown: per recipe, internal test and external AUROC for every backbone x input (mean over
 seeds, [95 % patient-bootstrap interval pooled over seeds]) with the validation epochs that predicted a
@@ -136,7 +137,7 @@ def folds_table(out: Path, recipes: list[str], n_boot: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="the OUT_DIR given to scripts/levers.sh")
+    parser.add_argument("out", type=Path, help="the OUT_DIR given to experiments/levers.sh")
     parser.add_argument("--recipes", nargs="+", default=["study", "stable"])
     parser.add_argument("--backbone", default="resnet18", help="backbone of the lever table")
     parser.add_argument("--n-boot", type=int, default=2000)

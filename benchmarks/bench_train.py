@@ -40,13 +40,17 @@ NO_AUGMENTATION = [
 ]
 MEAN, STD = 0.5, 0.25  # covidseg's data.mean / data.std
 CLASSES = ("normal", "covid")  # data.classes of conf/data/covid_cxr.yaml: target 1 = covid
+# The bare loop's child process imports this module as `benchmarks.bench_train` from the repository root.
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run_timed(command: list[str], env: dict[str, str], what: str) -> tuple[float, str]:
+def run_timed(
+    command: list[str], env: dict[str, str], what: str, cwd: Path | None = None
+) -> tuple[float, str]:
     """Wall seconds and standard output of one subprocess; a failure stops the bench with the end of its
     output."""
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.stderr.write((result.stdout + result.stderr)[-4000:])
@@ -151,14 +155,14 @@ def bare_in_fresh_process(split: Path, epochs: int, gpu: bool) -> dict[str, Any]
     second, as long as a few epochs of this data set) that a second training in the same process does not.
     That second run is returned too (`warm_images_per_second`), for reference."""
     code = (
-        "import json, sys, torch; sys.path.insert(0, sys.argv[1]); import bench_train as b; "
-        "data = torch.load(sys.argv[2]); e, gpu = int(sys.argv[3]), sys.argv[4] == '1'; "
+        "import json, sys, torch; from benchmarks import bench_train as b; "
+        "data = torch.load(sys.argv[1]); e, gpu = int(sys.argv[2]), sys.argv[3] == '1'; "
         "d = 'cuda' if gpu else 'cpu'; first = b.bare_loop(data, e, 32, 0.002, d, amp=gpu); "
         "again = b.bare_loop(data, e, 32, 0.002, d, amp=gpu); "
         "print(json.dumps({**first, 'warm_images_per_second': again['images_per_second']}))"
     )
-    command = [sys.executable, "-c", code, str(Path(__file__).parent), str(split), str(epochs), str(int(gpu))]
-    _, output = run_timed(command, dict(os.environ), "the bare loop")
+    command = [sys.executable, "-c", code, str(split), str(epochs), str(int(gpu))]
+    _, output = run_timed(command, dict(os.environ), "the bare loop", cwd=REPO)
     return json.loads(output.strip().splitlines()[-1])
 
 
