@@ -8,15 +8,15 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 PIP_TORCH_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: install lint train train-3class eval segmenter study study-quick study-gpu report test test-fast bench \
-	clean-cache
+.PHONY: install lint docs train train-3class eval segmenter study study-quick study-gpu report test test-fast \
+	bench clean-cache
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(PIP_TORCH_ARGS) $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[test,dicom]"
 
-# The default experiment: resnet18 on raw images, binary covid vs normal (see README for its cost).
+# The default experiment: resnet18 on raw images, binary covid vs normal (its cost: docs/getting-started.md).
 train:
 	$(BIN)/covidseg-train $(ARGS)
 
@@ -53,6 +53,11 @@ report:
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: any warning (a broken link, a docstring
+# that does not parse) fails the build.
+docs:
+	$(BIN)/mkdocs build --strict
 
 test:
 	$(BIN)/python -m pytest -x -q
