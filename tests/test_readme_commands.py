@@ -1,4 +1,4 @@
-"""The README's sweep commands, exactly as printed, from a fresh directory.
+"""The sweep commands the README and the docs print, exactly as printed, from a fresh directory.
 
 A multirun without `hydra.sweep.dir` once shipped broken (the default sweep folder needed Hydra's runtime
 config before Hydra had set it) because every test and Makefile target passed one. Here each printed
@@ -23,7 +23,7 @@ import covidseg.train
 import covidseg.train_segmenter
 from tests.conftest import REPO, make_dataset, run_cli
 
-# Commands the README must keep printing (so a README edit cannot silently drop one from this test).
+# Commands the README or the docs must keep printing (so an edit cannot silently drop one from this test).
 EXPECTED = (
     "covidseg-train experiment=compare model.backbone=resnet50,efficientnet_b0 seed=0,1,2,3,4",
     "covidseg-train experiment=compare data.input=raw,segmented,lungs_removed",
@@ -33,10 +33,15 @@ EXPECTED = (
 )
 
 
+def documented_pages() -> list[Path]:
+    """README.md and every page of the documentation site."""
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
 def readme_sweeps() -> list[str]:
-    """Every covidseg-train command in the README's code blocks that starts a multirun, with continuation
-    lines joined and trailing comments removed."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """Every covidseg-train command in the bash code blocks of the README and the docs that starts a
+    multirun, with continuation lines joined and trailing comments removed; each once, in page order."""
+    text = "\n".join(page.read_text(encoding="utf-8") for page in documented_pages())
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
     commands = []
     for block in blocks:
@@ -47,7 +52,7 @@ def readme_sweeps() -> list[str]:
             sweep_configs = ("experiment=compare", "hparams_search=")
             if "-m" in words or any(w.startswith(sweep_configs) for w in words):
                 commands.append(shlex.join(words))
-    return commands
+    return list(dict.fromkeys(commands))
 
 
 def test_the_readme_still_prints_the_sweeps_tested_here():
