@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from covidseg.config_checks import check_recorded_preprocessing
+from covidseg.divergence import non_finite
 from covidseg.errors import UserError
 
 if TYPE_CHECKING:
@@ -121,6 +123,26 @@ def read_checkpoint(path: str | Path, missing_hint: str) -> dict[str, Any]:
     return _read(Path(path), missing_hint, "checkpoint")
 
 
+def check_usable(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose outputs would mean nothing: NaN or infinite weights (a diverged run), or
+    recorded preprocessing no image can be prepared with (std 0, an image size below 32 or not a number).
+
+    Every covidseg command that runs a trained network (eval, predict, export, a segmenter making masks)
+    loads it through load_module, so this is the one place these are checked.
+    """
+    bad = non_finite(checkpoint["state_dict"])
+    if bad:
+        raise UserError(
+            f"{path} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. {bad[0]}): the run that wrote "
+            "it diverged, so every output would be NaN. Retrain with a lower learning rate "
+            "(model.optimizer.lr) and use the checkpoint of a run that finished (it wrote metrics.json)."
+        )
+    hparams = checkpoint.get("hyper_parameters") or {}
+    # The classifier records its data config as data_config; the segmenter's size and normalisation are
+    # hyperparameters of its own.
+    check_recorded_preprocessing(hparams.get("data_config") or hparams, str(path))
+
+
 def load_module(module_class: type[Module], path: str | Path, missing_hint: str, **overrides: Any) -> Module:
     """`module_class.load_from_checkpoint` on CPU, loaded safely, with errors that say what is wrong.
 
@@ -130,7 +152,7 @@ def load_module(module_class: type[Module], path: str | Path, missing_hint: str,
     kind = f"{module_class.__name__} checkpoint"
     # Read once ourselves first (about a tenth of the module's load time): a file that is not a Lightning
     # checkpoint then fails with a clear message instead of an arbitrary error from inside Lightning.
-    _read(path, missing_hint, kind)
+    check_usable(_read(path, missing_hint, kind), path)
     # The file is a readable checkpoint by now, so only what a checkpoint of another model raises
     # (missing or unexpected weights and hyperparameters) is the user's; anything else is a bug.
     not_ours = (KeyError, TypeError, RuntimeError, ValueError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from covidseg.config_checks import check_config
 from covidseg.errors import UserError
 from covidseg.objective import check_optimized_metric, failed_value, objective
+from covidseg.overrides import check_command_line
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.resume import plan_resume
 
@@ -101,14 +103,20 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
     """A console-script `main` that composes covidseg/conf/<config_name>.yaml (plus command-line overrides)
     and runs `task` on it through run_job; the task's return value is the job's return value for Hydra's
     sweeper. The config path is absolute (CONF_DIR, inside the installed package); users add their own
-    config folders with --config-dir or hydra.searchpath."""
+    config folders with --config-dir or hydra.searchpath. A command line whose overrides do not compose
+    (a mistyped option or config name) exits 2 with one line naming the close match (covidseg.overrides)."""
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig) -> Any:
         return run_job(task, cfg)
 
-    return main
+    @functools.wraps(main)
+    def checked_main() -> Any:
+        check_command_line(config_name)
+        return main()
+
+    return checked_main
 
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written by the Optuna sweeper at the end of a study

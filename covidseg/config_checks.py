@@ -6,6 +6,10 @@ different subset) and resolves every interpolation, naming the option and the al
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +21,7 @@ from covidseg.data.split import SPLITS, check_folds
 from covidseg.errors import UserError
 
 MIN_IMAGE_SIZE = 32  # the backbones downsample by 32; smaller inputs vanish before the classifier head
+MAX_SEED = 2**32 - 1
 _ABSENT = object()
 
 
@@ -56,9 +61,25 @@ def _limit(key: str, value: Any) -> None:
         )
 
 
-def _positive_number(key: str, value: Any) -> None:
-    if not _is_number(value) or value <= 0:
-        raise UserError(f"{key} must be a number > 0, got {value!r}. Set e.g. {key}=0.001.")
+def _positive_number(example: float) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        # nan and inf pass `value > 0` checks; as a learning rate or a divisor they only make NaNs.
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            raise UserError(f"{key} must be a number > 0, got {value!r}. Set e.g. {key}={example}.")
+
+    return check
+
+
+def _finite_number(key: str, value: Any) -> None:
+    if not _is_number(value) or not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value!r}. Set e.g. {key}=0.5.")
+
+
+def _seed(key: str, value: Any) -> None:
+    # The range numpy's and Lightning's seeding take; a string or a negative number fails there, after the
+    # data set-up, with a traceback.
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+        raise UserError(f"{key} must be an integer in 0..{MAX_SEED}, got {value!r}. Set e.g. {key}=0.")
 
 
 def _max_epochs(key: str, value: Any) -> None:
@@ -76,28 +97,61 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "data.on_device": _on_device,
     "data.limit": _limit,
     "trainer.max_epochs": _max_epochs,
-    "model.optimizer.lr": _positive_number,
+    "model.optimizer.lr": _positive_number(0.001),
+    "data.mean": _finite_number,
+    "data.std": _positive_number(0.25),
     "data.equalize": check_equalize_mode,
     "data.clahe_clip": check_clahe_clip,
+    "seed": _seed,
+    "data.seed": _seed,
 }
+# The data options a checkpoint records that decide how images become network inputs (its `data_config`;
+# the segmenter's own hyperparameters): a bad one there makes every output NaN or meaningless.
+PREPROCESSING = ("image_size", "mean", "std", "equalize", "clahe_clip")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise a UserError naming the option and its allowed values for the first bad value in `cfg`."""
-    _resolve_everything(cfg)
+    resolved = _resolve_everything(cfg)
+    _check_targets(resolved, "")
     for key, rule in RULES.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
             rule(key, value)
     split_file = OmegaConf.select(cfg, "data.split_file", default=None)
     folds = OmegaConf.select(cfg, "data.folds", default=None)
+    fold = OmegaConf.select(cfg, "data.fold", default=0)
     if folds is not None:
-        _check_cross_validation(folds, OmegaConf.select(cfg, "data.fold", default=0), split_file)
+        _check_cross_validation(folds, fold, split_file)
+    elif fold not in (0, None):
+        raise UserError(
+            f"data.fold={fold} has no effect: data.folds is null (one train/val/test split). For K-fold "
+            f"cross-validation set data.folds=K as well (e.g. data.folds=5 data.fold={fold}), "
+            "or drop data.fold."
+        )
     ratios = OmegaConf.select(cfg, "data.split_ratios", default=_ABSENT)
     if ratios is not _ABSENT:
         # With folds the test split is the fold; the ratios only carve val from the other folds.
         required = () if split_file else ("train", "val") if folds is not None else SPLITS
         _check_split_ratios(ratios, required=required)
+
+
+def check_recorded_preprocessing(record: Mapping[str, Any], source: str) -> None:
+    """The preprocessing `source` (a checkpoint file) recorded at training time, by the data.* rules above.
+
+    Raises a UserError naming the file, the value and the fix (the weights only fit the preprocessing they
+    were trained with, so the fix is to retrain, not to override it).
+    """
+    for name in PREPROCESSING:
+        if name in record:
+            try:
+                RULES[f"data.{name}"](f"data.{name}", record[name])
+            except UserError as err:
+                raise UserError(
+                    f"{source} records preprocessing no image can be prepared with: {err} Retrain with that "
+                    "setting (covidseg-train): a checkpoint's weights only fit the preprocessing they were "
+                    "trained with."
+                ) from None
 
 
 def _check_cross_validation(folds: Any, fold: Any, split_file: Any) -> None:
@@ -110,10 +164,11 @@ def _check_cross_validation(folds: Any, fold: Any, split_file: Any) -> None:
         )
 
 
-def _resolve_everything(cfg: DictConfig) -> None:
-    """Interpolation and missing-value errors from OmegaConf, as a UserError naming the option."""
+def _resolve_everything(cfg: DictConfig) -> dict[str, Any]:
+    """`cfg` as plain containers, every interpolation resolved; interpolation and missing-value errors from
+    OmegaConf as a UserError naming the option."""
     try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or "an option"
         raise UserError(
@@ -155,3 +210,81 @@ def _check_split_ratios(ratios: Any, required: tuple[str, ...]) -> None:
             f"data.split_ratios gives no share to {empty} (got {dict(ratios)}); training needs "
             f"images in train, val (checkpoint choice) and test (metrics). Set e.g. {example}."
         )
+
+
+def _check_targets(node: Any, path: str) -> None:
+    """Every key of a node with a `_target_` (trainer, callbacks, loggers, data, model, optimizer, scheduler)
+    must be a parameter of what it builds: a `+trainer.max_epoch=1` or `+model.optimizer.learning_rate=5`
+    is otherwise a TypeError from hydra.utils.instantiate, after the data set-up."""
+    if isinstance(node, Mapping):
+        if isinstance(node.get("_target_"), str):
+            _check_target_keys(node, path)
+        for key, value in node.items():
+            if path or key != "hydra":  # Hydra's own node is checked by Hydra
+                _check_targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_targets(value, f"{path}[{i}]")
+
+
+def _check_target_keys(node: Mapping[str, Any], path: str) -> None:
+    name = node["_target_"]
+    try:
+        target = _locate(name)
+    except (ImportError, AttributeError) as err:
+        module, _, attribute = name.rpartition(".")
+        close = _close_attributes(module, attribute)
+        hint = f"Did you mean {path}._target_={module}.{close[0]}?" if close else "Give an importable name."
+        message = " ".join(str(err).split())
+        raise UserError(f"{path}._target_={name} cannot be imported ({message}). {hint}") from None
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no introspectable signature (some built-ins): instantiate will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    names = [
+        n
+        for n, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key in node:
+        key = str(key)
+        if key in names or (key.startswith("_") and key.endswith("_")):  # _target_, _partial_, _convert_...
+            continue
+        close = _close_names(key, names)
+        hint = f"Did you mean {path}.{close}?" if close else f"Its options: {', '.join(names)}."
+        raise UserError(f"{path}.{key} is not an option of {name}. {hint}")
+
+
+def _locate(name: str) -> Any:
+    """The object a dotted `_target_` names, as hydra.utils.instantiate finds it (without its error log)."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:end]))
+        except ModuleNotFoundError as err:
+            if end == 1 or not (err.name and ".".join(parts[:end]).startswith(err.name)):
+                raise
+            continue
+        for attribute in parts[end:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(f"no module in {name!r}")
+
+
+def _close_names(key: str, names: list[str]) -> str | None:
+    """The option `key` was probably meant as: a close spelling, or the one its words abbreviate
+    (learning_rate -> lr)."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    initials = "".join(word[:1] for word in key.split("_"))
+    return initials if len(initials) > 1 and initials in names else None
+
+
+def _close_attributes(module: str, attribute: str) -> list[str]:
+    try:
+        return difflib.get_close_matches(attribute, dir(importlib.import_module(module)), n=1, cutoff=0.6)
+    except ImportError:
+        return []

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidseg.divergence import check_finite_outputs
 from covidseg.errors import UserError
 
 INPUT_NAME = "image"
@@ -98,6 +99,7 @@ def largest_differences(
         for seed, n in enumerate(batches, start=1):
             x = _example(size, n, seed)
             expected = net(x)
+            check_finite_outputs(expected, [], "The network")  # NaN vs NaN would pass as no difference
             onnx_diff = max(onnx_diff, float(np.abs(run_onnx(session, x) - expected.numpy()).max()))
             script_diff = max(script_diff, float((scripted(x) - expected).abs().max()))
     return {"onnx_max_abs_diff": onnx_diff, "torchscript_max_abs_diff": script_diff}

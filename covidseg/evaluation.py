@@ -16,6 +16,7 @@ import torch
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import model_input
 from covidseg.data.lung_masks import LungMaskDataModule
+from covidseg.divergence import check_finite_outputs
 from covidseg.errors import UserError
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.metrics import METRIC_NAMES
@@ -47,6 +48,7 @@ def test_split(
     if len(probs) < len(rows):  # fast_dev_run / limit_test_batches: the loader is unshuffled, so a prefix
         log.warning("Only %d of %d test images were tested (limited test batches)", len(probs), len(rows))
         rows = rows.iloc[: len(probs)].copy()
+    check_finite_outputs(probs, list(rows["path"]), f"Checkpoint {ckpt_path}" if ckpt_path else "The model")
     for i, name in enumerate(model.class_names):
         rows[f"prob_{name}"] = probs[:, i]
     metrics: dict[str, Any] = {m: float(scores[f"test/{m}"]) for m in METRIC_NAMES}

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from covidseg.cli import hydra_entry, run_dir
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset, model_input
+from covidseg.divergence import check_finite_outputs
 from covidseg.errors import UserError
 from covidseg.explain import cam_maps
 from covidseg.masks import images_and_masks
@@ -123,6 +124,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             table.index += start
             progress.advance(task, int(table["error"].notna().sum()))
             probs = _probabilities(trainer, model, datamodule, dataset, cfg)
+            readable = list(table.loc[table["error"].isna(), "file"])
+            check_finite_outputs(probs, readable, f"Checkpoint {cfg.ckpt_path}")
             rows = prediction_rows(shown[chunk], table, probs, model.class_names).set_index(table.index)
             if cfg.cam:
                 device = trainer.strategy.root_device

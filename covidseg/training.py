@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from covidseg.checkpoint_writer import AtomicCheckpointIO
 from covidseg.checkpoints import read_checkpoint, safe_loading
+from covidseg.divergence import DivergenceCheck
 from covidseg.resume_state import ResumableState, keep_csv_history
 from covidseg.tracking import finish_wandb
 
@@ -60,7 +61,9 @@ def fit_and_evaluate(
     fit_info holds best_epoch, epochs_run, best_ckpt, train_seconds and the validation scores (val/*) of the
     best checkpoint's epoch (of the last validation when no checkpoint was kept, e.g. fast_dev_run).
 
-    Shared by the classifier and the segmenter. The W&B run is always finished (failed if this raised).
+    Shared by the classifier and the segmenter. A fit whose loss or weights become NaN or infinite stops
+    with a UserError naming the epoch (covidseg.divergence.DivergenceCheck), before anything is evaluated.
+    The W&B run is always finished (failed if this raised).
     Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
     `resume_from`: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
     (covidseg.resume_state.ResumableState).
@@ -77,7 +80,12 @@ def fit_and_evaluate(
         trainer: L.Trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[*instantiate_all(cfg.callbacks), ValidationScores(), ResumableState()],
+            callbacks=[
+                DivergenceCheck(),  # a NaN loss or weight stops the fit (UserError), never a result
+                *instantiate_all(cfg.callbacks),
+                ValidationScores(),
+                ResumableState(),
+            ],
             plugins=[AtomicCheckpointIO()],
         )
         if resumed_at is not None:
