@@ -186,13 +186,13 @@ def test_exif_orientation_is_applied_and_old_cached_decodes_are_not_served(tmp_p
     shown = np.rot90(pixels, k=-1)
     expected = np.asarray(Image.fromarray(np.ascontiguousarray(shown)).resize((32, 32), Image.Resampling.BOX))
     assert np.abs(decode(jpeg, 32).astype(int) - expected).max() <= 4  # JPEG at quality 100
-    assert np.abs(decode(jpeg, 32).astype(int) - decode_unturned(pixels, tmp_path)).max() > 100
+    assert np.abs(decode(jpeg, 32).astype(int) - _decode_unturned(pixels, tmp_path)).max() > 100
 
     # a store written before orientation was applied holds the unturned array under the same digest
     cache = ImageCache(tmp_path / "cache", 32)
     digest = cache.index.lookup([str(jpeg)], lambda path, data: (64, 40))[0].digest
     old = ArrayStore(cache.folder, (32, 32))  # no content tag: as older versions wrote it
-    old.append([digest], [decode_unturned(pixels, tmp_path)])
+    old.append([digest], [_decode_unturned(pixels, tmp_path)])
     old.close()
     assert ArrayStore(cache.folder, (32, 32)).rows_for([digest]) == [0]
     fresh = ImageCache(tmp_path / "cache", 32)
@@ -202,7 +202,7 @@ def test_exif_orientation_is_applied_and_old_cached_decodes_are_not_served(tmp_p
     assert fresh.source_sizes([str(jpeg)]) == [(40, 64)]  # width x height as shown
 
 
-def decode_unturned(pixels: np.ndarray, tmp_path: Path) -> np.ndarray:
+def _decode_unturned(pixels: np.ndarray, tmp_path: Path) -> np.ndarray:
     png = tmp_path / "unturned.png"
     Image.fromarray(pixels).save(png)
     return decode(png, 32)
