@@ -7,7 +7,8 @@ under `<cache>/mask_arrays/<size>/`, a row per key = SHA-1 of (image content, se
 content, mask resolution, post-processing settings): a second run, or every job of a sweep after the
 first, reads masks instead of running the segmenter, and a new checkpoint or new settings give new masks.
 Rows are committed only once written, so concurrent jobs never see partial masks (two jobs may both
-compute a missing mask; the first stored wins, the result is identical). Callers get lazy views.
+compute a missing mask; the first stored wins, the result is identical). Callers get lazy views. Masks
+predicted from images decoded under older rules (covidseg.data.decoding.DECODER_VERSION) are not reused.
 
 The loaded network is shared by every MaskSource of one process that reads the same checkpoint (same file
 content, same device): the jobs of a sweep under Hydra's basic launcher run one after another in one
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 from covidseg.data.datasets import model_input
+from covidseg.data.decoding import DECODED
 from covidseg.data.derived import derived_rows
 from covidseg.data.images import ImageCache, file_digest
 from covidseg.data.store import ArrayStore, ArrayView
@@ -105,7 +107,7 @@ class MaskSource:
         return [hashlib.sha1(f"{d}:{self._settings_key}".encode()).hexdigest() for d in digests]
 
     def _store(self, size: int) -> ArrayStore:
-        return ArrayStore(self.cache_dir / "mask_arrays" / str(size), (size, size))
+        return ArrayStore(self.cache_dir / "mask_arrays" / str(size), (size, size), content=DECODED)
 
     def masks_for(
         self, files: Sequence[str], digests: Sequence[str] | None = None, size: int | None = None

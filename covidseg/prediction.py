@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,16 @@ def _has_dicom_marker(path: Path) -> bool:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively, hidden ones left out); DICOM files often have no suffix."""
+    """Image files under `folder` (recursively, hidden ones left out); DICOM files often have no suffix.
+
+    Entries with an image suffix that are no readable file (a broken link, a FIFO) are kept, so that
+    predictions.csv says why they got no prediction; a file without suffix is opened to look for the DICOM
+    marker only if it is a regular file (a FIFO would block)."""
     found, ignored = [], 0
     for f in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in f.relative_to(folder).parts) or not f.is_file():
+        if any(part.startswith(".") for part in f.relative_to(folder).parts) or f.is_dir():
             continue
-        if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and _has_dicom_marker(f)):
+        if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and f.is_file() and _has_dicom_marker(f)):
             found.append(f)
         else:
             ignored += 1
@@ -103,7 +108,8 @@ def collect_inputs(spec: str) -> tuple[list[str], list[str]]:
     """The files `inputs=` names, and how each is shown in predictions.csv (as given, or as found).
 
     spec: one image file, a folder (every image under it), a glob pattern (`**` spans folders), or a
-    .csv with a `path` column. Files that turn out unreadable are kept: predictions.csv says why."""
+    .csv with a `path` column. Files that turn out unreadable are kept (also broken links, FIFOs and other
+    paths that are no regular file, which are never opened): predictions.csv says why."""
     if not str(spec).strip():
         raise UserError(f"inputs is empty. {INPUTS_HINT}")
     path = Path(spec).expanduser()
@@ -119,16 +125,17 @@ def collect_inputs(spec: str) -> tuple[list[str], list[str]]:
         files, shown = _csv_images(path)
         if not files:
             raise UserError(f"inputs={spec} lists no image (the CSV has no rows). {INPUTS_HINT}")
-    elif path.is_file():
+    elif os.path.lexists(path):  # a file, or a broken link or FIFO that gets its error row
         files, shown = [path], [str(spec)]
     elif glob.has_magic(str(spec)):
-        files = [Path(f) for f in sorted(glob.glob(str(path), recursive=True)) if Path(f).is_file()]
+        files = [Path(f) for f in sorted(glob.glob(str(path), recursive=True)) if not os.path.isdir(f)]
         shown = [str(f) for f in files]
         if not files:
             raise UserError(f"inputs={spec} matches no file. {INPUTS_HINT}")
     else:
         raise UserError(f"inputs={spec} does not exist. {INPUTS_HINT}")
-    return [str(f.resolve()) for f in files], shown
+    # a broken link keeps its own path (resolved, it would name a target the user never wrote)
+    return [str(f.resolve()) if f.exists() else os.path.abspath(f) for f in files], shown
 
 
 def prediction_datamodule(

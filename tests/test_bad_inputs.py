@@ -262,8 +262,17 @@ def _valid_png_bytes() -> bytes:
 @pytest.mark.parametrize("case", BAD_IMAGES)
 def test_bad_image_is_an_error_or_a_counted_skip_and_never_cached(tmp_path, case, caplog):
     write, reason, message = BAD_IMAGES[case]
+    bad = check_refused_or_skipped(tmp_path, write, reason, message, caplog)
+    digest = hashlib.sha1(bad.read_bytes()).hexdigest()
+    assert digest not in _cache_digests(tmp_path / "cache")
+
+
+def check_refused_or_skipped(tmp_path: Path, write, reason: str, message: str, caplog) -> Path:
+    """A data set of 40 images whose covid/3.png `write` replaces: a UserError matching `message` naming the
+    file and the fix, then in skip mode a counted (`reason`), logged skip, with nothing cached for it."""
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     bad = data / "covid" / "3.png"
+    bad.unlink()
     write(bad)
     with pytest.raises(UserError, match=message) as raised:
         _datamodule(data, tmp_path).setup()
@@ -275,15 +284,14 @@ def test_bad_image_is_an_error_or_a_counted_skip_and_never_cached(tmp_path, case
     assert dm.stats["skipped_image_reasons"] == {reason: 1}
     assert sum(dm.stats[f"n_{s}"] for s in SPLITS) == 39
     assert "covid/3.png" in _warnings(caplog) and "Skipped 1 of 40 image(s)" in _warnings(caplog)
-    digest = hashlib.sha1(bad.read_bytes()).hexdigest()
-    entries = _cache_digests(tmp_path / "cache")
-    assert len(entries) == 39 and digest not in entries
+    assert len(_cache_digests(tmp_path / "cache")) == 39
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
+    return bad
 
 
 def test_an_entry_cached_before_the_size_check_is_not_trusted(tmp_path):
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.full((4, 4), 9, np.uint8)).save(tiny)
+    Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4)).save(tiny)  # not blank
     ImageCache(tmp_path / "cache", 16).load(tiny)  # no minimum, as before this check existed
     assert len(_cache_digests(tmp_path / "cache")) == 1
     with pytest.raises(UserError, match=r"tiny.png is 4x4 px"):

@@ -110,7 +110,7 @@ def test_lung_masks_in_0_1_or_0_255_and_empty_masks(tmp_path):
     for i, peak in enumerate([1, 255, 1, 255, 1, 255, 1, 255, 1, 255]):
         mask = np.zeros((20, 20), np.uint8)
         mask[5:15, 2:8] = peak
-        Image.fromarray(GRADIENT).save(tmp_path / "m" / f"i{i}.png")
+        Image.fromarray(GRADIENT[:20, :20]).save(tmp_path / "m" / f"i{i}.png")  # a mask has its image's size
         Image.fromarray(mask).save(tmp_path / "m" / f"m{i}.png")
         rows.append({"image": f"m/i{i}.png", "mask": f"m/m{i}.png"})
     pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from covidseg.data.copies import check_copies
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
 from covidseg.data.derived import masked_inputs
 from covidseg.data.device_batches import DeviceBatches
@@ -157,6 +158,7 @@ class CXRDataModule(ArrayDataModule):
         table = table.drop(index=table.index[skipped]).reset_index(drop=True)
         table["digest"] = digests
         check_no_leakage(table)
+        copies = check_copies(table, manifest.source)
         if not self.evaluate_on:
             check_classes_in_splits(table, self.classes, self._split_fix())
         self.stats = {
@@ -168,6 +170,7 @@ class CXRDataModule(ArrayDataModule):
             "n_skipped_images": len(skipped_paths),
             "n_unused_images": unused,
             "skipped_image_reasons": dict(cache.skip_reasons),
+            "n_duplicate_images": copies,
             **manifest.stats(),
             "image_cache_hits": cache.hits,
             "image_cache_misses": cache.misses,

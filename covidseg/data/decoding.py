@@ -9,12 +9,21 @@ square with area-averaging ("box") resampling.
 - DICOM (the 'DICM' marker or a .dcm/.dicom suffix) -> covidseg.data.dicom: modality and VOI LUT
   (windowing) as a viewer applies them, MONOCHROME1 inverted, compressed syntaxes through pydicom's plugins.
 
-Refused images (`BadImage`, a UserError): unreadable files, images smaller than `min_side` on either
-side (the classifier uses covidseg.data.images.MIN_SIDE: a 1x1 file would become a flat grey square),
-and images above PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS; PIL only warns between 1x and
-2x the limit, covidseg refuses both). check_image reads only the header; check_size repeats its size
-checks on a recorded width x height (covidseg.data.images runs it on every cache hit, so a hit never
-bypasses them).
+- The EXIF orientation (JPEG, TIFF, ...) is applied, so the array is the image as a viewer shows it.
+
+Refused images (`BadImage`, a UserError, one file at a time: any failure while reading one file is that
+file's refusal, never a crash of the whole batch): unreadable files (also broken links, and paths that
+are no regular file, which are never opened: reason `not_a_file`), files whose decoding fails in any way
+(damaged data or EXIF, DICOM attributes such as Window Width 0), blank images (one pixel value
+everywhere after decoding: a constant or fully transparent image, a DICOM whose Rescale Slope 0 or window
+maps every pixel to one value; reason `blank`), images smaller than `min_side` on either side (the
+classifier uses covidseg.data.images.MIN_SIDE: a 1x1 file would become a flat grey square), and images
+above PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS; PIL only warns between 1x and 2x the limit,
+covidseg refuses both). check_image reads only the header; check_size repeats its size checks on a
+recorded width x height (covidseg.data.images runs it on every cache hit, so a hit never bypasses them).
+
+DECODER_VERSION names these rules: stores of decoded arrays (and of arrays made from them) record it, and
+one written under other rules is rebuilt, never served.
 """
 
 from __future__ import annotations
@@ -27,11 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from covidseg.data import dicom
+from covidseg.data.file_index import NotARegularFile, read_file_bytes
 from covidseg.errors import UserError
 
+# Bump when a file's decoded pixels change (2: EXIF orientation applied, blank images refused).
+DECODER_VERSION = 2
+DECODED = f"covidseg decoder {DECODER_VERSION}"  # the `content` of every store of arrays made from decodes
 FIX = "Replace or remove the file, or set data.on_bad_image=skip."
 TOO_LARGE_FIX = (
     "Downscale the file (it is resized to data.image_size anyway), or remove it, or set "
@@ -40,22 +53,34 @@ TOO_LARGE_FIX = (
 
 
 class BadImage(UserError):
-    """An image file covidseg refuses; `reason` (unreadable, too_small, too_large, no_decoder) is counted in
-    skip mode."""
+    """An image file covidseg refuses; `reason` (unreadable, not_a_file, blank, too_small, too_large,
+    no_decoder) is counted in skip mode."""
 
     def __init__(self, problem: str, reason: str, fix: str = FIX):
         super().__init__(f"{problem} {fix}")
         self.problem, self.reason, self.fix = problem, reason, fix
+        self.path: str | None = None  # the refused file, as the caller named it (set by ImageCache)
 
     def __reduce__(self) -> tuple[Any, ...]:  # decoding workers send refusals back pickled
         return (type(self), (self.problem, self.reason, self.fix))
 
 
+def unreadable(path: str | Path, err: OSError) -> BadImage:
+    """The refusal of a file that cannot be read (`err` from opening, stat or reading it)."""
+    reason = "not_a_file" if isinstance(err, NotARegularFile) else "unreadable"
+    return BadImage(f"Cannot read image {path}: {err}.", reason)
+
+
 def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of a regular file (anything else is refused without being opened)."""
     try:
-        return Path(path).read_bytes()
+        return read_file_bytes(str(path))
     except OSError as err:
-        raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
+        raise unreadable(path, err) from err
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
 
 
 @contextmanager
@@ -64,6 +89,8 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL only warns when it cannot read the EXIF block: the orientation is then unknown
+            warnings.filterwarnings("error", "Corrupt EXIF", UserWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if min(width, height) < min_side:
@@ -76,6 +103,9 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         problem = f"Image {path} is too large to decode safely: {err}"
         raise BadImage(problem, "too_large", TOO_LARGE_FIX) from err
+    except UserWarning as err:
+        problem = f"Image {path} has a damaged EXIF block ({_short(err)}), so its orientation is unknown."
+        raise BadImage(problem, "unreadable") from err
     except UnidentifiedImageError as err:
         raise BadImage(f"Cannot read image {path}: not in a format PIL can read.", "unreadable") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
@@ -83,22 +113,39 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
 
 
 @contextmanager
-def dicom_refusals() -> Iterator[None]:
-    """covidseg.data.dicom's refusals as BadImage, so DICOM files are skipped and counted like the rest."""
+def refusals(path: str | Path) -> Iterator[None]:
+    """Any failure while reading one file as that file's BadImage: covidseg.data.dicom's refusals, and
+    whatever else a decoder raises (a damaged EXIF block, a DICOM attribute pydicom rejects), so that one
+    file is skipped and counted like the rest instead of stopping a batch."""
     try:
         yield
+    except BadImage:
+        raise
     except dicom.DicomRefused as err:
         raise BadImage(err.problem, err.reason, err.fix or FIX) from err
+    except Exception as err:  # decoders fail on odd files in many ways; the type name says which
+        problem = f"Cannot decode image {path}: {type(err).__name__}: {_short(err)}."
+        raise BadImage(problem, "unreadable") from err
 
 
 def check_image(path: str | Path, data: bytes, min_side: int = 0) -> tuple[int, int]:
-    """The header checks alone (format readable, size within limits) and the (width, height) they read;
-    the pixels are not decoded."""
-    if dicom.is_dicom(path, data):
-        with dicom_refusals():
+    """The header checks alone (format readable, size within limits) and the (width, height) they read,
+    as displayed (EXIF orientation applied where the header holds it); the pixels are not decoded."""
+    with refusals(path):
+        if dicom.is_dicom(path, data):
             return dicom.check_header(path, data, min_side)
-    with open_checked(path, data, min_side) as image:
-        return image.size
+        with open_checked(path, data, min_side) as image:
+            width, height = image.size
+            # PNG keeps EXIF wherever it likes and PIL decodes the whole image to find it: not for a header
+            exif_read = image.format != "PNG" or "exif" in image.info
+            if exif_read and orientation(image) in (5, 6, 7, 8):  # a quarter turn
+                return height, width
+            return width, height
+
+
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 = as stored, 2..8 = flipped and/or turned)."""
+    return int(image.getexif().get(ExifTags.Base.Orientation) or 1)
 
 
 def check_size(path: str | Path, width: int, height: int, min_side: int = 0) -> None:
@@ -120,12 +167,28 @@ def check_size(path: str | Path, width: int, height: int, min_side: int = 0) -> 
 
 def full_resolution(path: str | Path, data: bytes, min_side: int = 0) -> np.ndarray:
     """The file's pixels as a uint8 grayscale array at its own size, by the module docstring's rules."""
-    if dicom.is_dicom(path, data):
-        with dicom_refusals():
-            return dicom.to_grayscale_uint8(path, data, min_side)
-    with open_checked(path, data, min_side) as image:
-        image.load()
-        return to_grayscale_uint8(image)
+    with refusals(path):
+        if dicom.is_dicom(path, data):
+            gray = dicom.to_grayscale_uint8(path, data, min_side)
+        else:
+            with open_checked(path, data, min_side) as image:
+                image.load()
+                if orientation(image) != 1:
+                    ImageOps.exif_transpose(image, in_place=True)
+                gray = to_grayscale_uint8(image)
+    check_blank(path, gray)
+    return gray
+
+
+def check_blank(path: str | Path, gray: np.ndarray) -> None:
+    """Refuse a decoded image with one value everywhere: it holds no X-ray, and a model would still give it
+    a confident class."""
+    if gray.size and gray.min() == gray.max():
+        raise BadImage(
+            f"Image {path} is blank: every pixel is {int(gray.min())} after decoding (a constant or fully "
+            "transparent image, or a DICOM whose Rescale Slope or window maps every pixel to one value).",
+            "blank",
+        )
 
 
 def to_grayscale_uint8(image: Image.Image) -> np.ndarray:

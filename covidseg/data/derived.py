@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidseg.data.decoding import DECODED
 from covidseg.data.store import ArrayStore, ArrayView
 from covidseg.data.transforms import apply_masks
 
@@ -57,7 +58,7 @@ def masked_inputs(
     """apply_masks(images, masks, ...) as a view on `<cache>/masked/<out_size>/`, computed only for rows the
     store lacks. A row's key covers all it depends on: the image (content digest, preprocessing tag, load
     size), its mask (MaskSource.mask_keys) and the mask settings."""
-    store = ArrayStore(Path(cache_root) / "masked" / str(out_size), (out_size, out_size))
+    store = ArrayStore(Path(cache_root) / "masked" / str(out_size), (out_size, out_size), content=DECODED)
     load_size = int(images.shape[-1])
     settings = (mode, bool(crop_to_lungs), float(crop_margin), int(background), preprocessing, load_size)
     keys = [settings_digest(d, m, *settings) for d, m in zip(image_digests, mask_keys)]

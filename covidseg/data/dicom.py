@@ -10,8 +10,10 @@ from the image's own min..max (like a 16-bit PNG). MONOCHROME1 (high values show
 that air is dark as in every other image. Colour (3-sample) images become ITU-R 601 luma, as PNGs do.
 
 Refusals are `DicomRefused` (covidseg.data.decoding turns them into BadImage): unreadable files, missing
-pixel data, multi-frame files, sizes outside the limits, and compressed pixel data without an installed
-decoder (the message names the transfer syntax and what to install).
+pixel data, multi-frame files, sizes outside the limits, display attributes pydicom cannot apply (Window
+Width 0; the message lists the file's attributes), and compressed pixel data without an installed decoder
+(the message names the transfer syntax and what to install). A file whose attributes map every pixel to
+one value (Rescale Slope 0) decodes to a constant image, which covidseg.data.decoding refuses as blank.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ DECODER_FIX = (
     "Install a decoder (pip install 'covidseg[dicom]' adds pylibjpeg for the JPEG syntaxes), convert the "
     "file to uncompressed DICOM or PNG, or set data.on_bad_image=skip."
 )
+
+ATTRIBUTE_FIX = "Correct the attribute (e.g. with pydicom), remove the file, or set data.on_bad_image=skip."
+DISPLAY_ATTRIBUTES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction")
 
 
 class DicomRefused(Exception):
@@ -133,6 +138,13 @@ def _output_range(ds: Any, stored: np.ndarray, values: np.ndarray) -> tuple[np.n
     return values, float(values.min()), float(values.max())
 
 
+def _display_attributes(ds: Any) -> str:
+    """The attributes that turn stored values into displayed ones, as the file gives them."""
+    given = [f"{name} {ds.get(name)}" for name in DISPLAY_ATTRIBUTES if ds.get(name) is not None]
+    lut_sequences = [name for name in ("ModalityLUTSequence", "VOILUTSequence") if name in ds]
+    return ", ".join(given + lut_sequences) or "none given"
+
+
 def to_grayscale_uint8(path: str | Path, data: bytes, min_side: int = 0) -> np.ndarray:
     """Full-resolution uint8 grayscale array of a DICOM file, following the module docstring."""
     from pydicom.pixels import apply_modality_lut
@@ -150,8 +162,15 @@ def to_grayscale_uint8(path: str | Path, data: bytes, min_side: int = 0) -> np.n
         if stored.dtype != np.uint8:
             raise DicomRefused(f"DICOM {path} is a colour image deeper than 8 bits; covidseg cannot read it.")
         return np.asarray(Image.fromarray(stored, "RGB").convert("L"), dtype=np.uint8)
-    values = apply_modality_lut(stored, ds)
-    values, lo, hi = _output_range(ds, stored, values)
+    try:
+        values = apply_modality_lut(stored, ds)
+        values, lo, hi = _output_range(ds, stored, values)
+    except Exception as err:  # attributes pydicom rejects (Window Width 0, a LUT descriptor that lies, ...)
+        raise DicomRefused(
+            f"Cannot apply the display attributes of DICOM {path} ({_display_attributes(ds)}): "
+            f"{' '.join(str(err).split())[:200]}.",
+            fix=ATTRIBUTE_FIX,
+        ) from err
     values = values.astype(np.float64)
     span = hi - lo
     if span == 0:

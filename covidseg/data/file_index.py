@@ -9,7 +9,11 @@ is hashed once under its new path and its digest then finds the decoded array ag
 An entry whose ctime is not older than RACY_NS at the time it was read is "racy" (as in git): the file
 could still change within the same timestamp tick without any stat field changing, so it is hashed again
 next time. Files the probe refuses are not recorded. A damaged index file is logged, deleted and rebuilt:
-it only costs hashing time. Several processes may use one index at once (WAL, busy timeout).
+it only costs hashing time; so is an index written by an older probe (VERSION, kept as SQLite's
+user_version). Several processes may use one index at once (WAL, busy timeout).
+
+Only regular files are opened: a FIFO would block the reader forever, a device may have side effects on
+open, and neither holds an image. Such paths, and broken symbolic links, are returned as the path's error.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
 log = logging.getLogger(__name__)
 
 RACY_NS = 1_000_000_000  # entries this fresh are re-hashed next time (timestamps have a coarse tick)
 CHUNK = 500  # SQLite parameters per query (its default limit is 999 on old builds)
+# Entries record what the probe returned; bump when that changes (2: the displayed, EXIF-oriented size).
+VERSION = 2
 SCHEMA = """CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
     trusted INTEGER, digest TEXT, width INTEGER, height INTEGER)"""
@@ -43,9 +50,48 @@ class FileEntry:
     height: int
 
 
+class NotARegularFile(OSError):
+    """A path that is no regular file (FIFO, device, socket, folder): an error for that path, never read."""
+
+
+KINDS = {
+    S_ISDIR: "a folder",
+    S_ISFIFO: "a FIFO (named pipe)",
+    S_ISCHR: "a character device",
+    S_ISBLK: "a block device",
+    S_ISSOCK: "a socket",
+}
+
+
+def require_regular(path: str, mode: int) -> None:
+    """NotARegularFile unless `mode` (the st_mode of `path`) is a regular file's; its message is what a
+    caller appends to the path it names."""
+    if not S_ISREG(mode):
+        kind = next((name for test, name in KINDS.items() if test(mode)), "something else")
+        raise NotARegularFile(f"it is {kind}, not a regular file (only regular files are read)")
+
+
+def stat_error(path: str, err: OSError) -> OSError:
+    """`err` of os.stat(path), saying so when the path is a symbolic link whose target does not exist."""
+    if isinstance(err, FileNotFoundError) and os.path.islink(path):
+        target = os.readlink(path)
+        return FileNotFoundError(f"it is a broken symbolic link (its target {target} does not exist)")
+    return err
+
+
 def read_file_bytes(path: str) -> bytes:
-    """The whole file (module level, so that tests can count what is read)."""
-    with open(path, "rb") as handle:
+    """The whole of a regular file (module level, so that tests can count what is read); NotARegularFile
+    for anything else, checked before opening and again on the opened file (it may have been replaced)."""
+    try:
+        require_regular(path, os.stat(path).st_mode)
+    except NotARegularFile:
+        raise
+    except OSError as err:
+        raise stat_error(path, err) from err
+    # O_NONBLOCK: should a FIFO take the file's place after the check, opening it does not wait for a writer
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        require_regular(path, os.fstat(fd).st_mode)
         return handle.read()
 
 
@@ -91,18 +137,31 @@ class FileIndex:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            return connect(self.path, SCHEMA)
+            con = connect(self.path, SCHEMA)
         except sqlite3.DatabaseError as err:
             if not damaged(err):
                 raise
             return self._rebuild(err)
+        return self._versioned(con)
+
+    def _versioned(self, con: sqlite3.Connection) -> sqlite3.Connection:
+        """`con`, its entries dropped if an older probe wrote them (they are hashed again)."""
+        if con.execute("PRAGMA user_version").fetchone()[0] != VERSION:
+            with con:
+                con.execute("BEGIN IMMEDIATE")  # read again under the lock: another process may have done it
+                if con.execute("PRAGMA user_version").fetchone()[0] != VERSION:
+                    dropped = con.execute("DELETE FROM files").rowcount
+                    if dropped:
+                        log.info("File index %s: %d entries of an older version dropped.", self.path, dropped)
+                    con.execute(f"PRAGMA user_version = {VERSION}")  # an int constant (no '?' allowed here)
+        return con
 
     def _rebuild(self, err: Exception) -> sqlite3.Connection:
         log.warning("File index %s is damaged (%s); rebuilding it (files are hashed again).", self.path, err)
         if getattr(self, "con", None) is not None:
             self.con.close()
         remove_sqlite(self.path)
-        self.con = connect(self.path, SCHEMA)
+        self.con = self._versioned(connect(self.path, SCHEMA))
         return self.con
 
     def _known(self, paths: Sequence[str]) -> dict[str, tuple]:
@@ -126,8 +185,9 @@ class FileIndex:
         """One FileEntry per path, in order; a file is read, hashed and probed only when its stat changed.
 
         probe(path, data) checks the header and returns (width, height); the exceptions in `refused` it
-        raises, and OSErrors of stat or read, are returned in the file's place (nothing is recorded for
-        it). New entries are written in one transaction.
+        raises, and OSErrors of stat or read (NotARegularFile for paths that are no regular file, which are
+        never opened), are returned in the file's place (nothing is recorded for it). New entries are written
+        in one transaction.
         """
         absolute = [os.path.abspath(p) for p in paths]
         known = self._known(absolute)
@@ -136,8 +196,12 @@ class FileIndex:
         for path in absolute:
             try:
                 st = os.stat(path)
-            except OSError as err:
+                require_regular(path, st.st_mode)
+            except NotARegularFile as err:
                 entries.append(err)
+                continue
+            except OSError as err:
+                entries.append(stat_error(path, err))
                 continue
             stat = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             row = known.get(path)

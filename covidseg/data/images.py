@@ -7,7 +7,8 @@ The cache (ImageCache, on covidseg.data.store) has two levels:
   replaced in place is hashed again, also when its size and mtime were restored.
 - the array store (`<cache>/arrays/<size>[-<hist|clahe<clip>>]/`): SHA-1 -> one row of a memory-mapped
   uint8 file, for each size and intensity preprocessing (covidseg.data.intensity; plain and equalised
-  arrays never mix). Renamed or moved files are hashed once and then hit it; edited files miss it.
+  arrays never mix). Renamed or moved files are hashed once and then hit it; edited files miss it. A
+  store decoded under older rules (covidseg.data.decoding.DECODER_VERSION) is rebuilt.
 Cold misses are decoded on all cores and appended in batches as they come, so an interrupted cold start
 keeps its work; what is on disk is checked on opening (covidseg.data.store), not trusted blindly.
 Callers get an ArrayView (rows read from the file when indexed), never a stack of the whole data set.
@@ -31,7 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from covidseg.data import intensity
-from covidseg.data.decoding import BadImage, check_image, check_size, decode, read_image_bytes
+from covidseg.data.decoding import (
+    DECODED,
+    BadImage,
+    check_image,
+    check_size,
+    decode,
+    read_image_bytes,
+    unreadable,
+)
 from covidseg.data.parallel import default_workers, ordered_map
 from covidseg.data.store import ArrayStore, ArrayView, FileEntry, FileIndex
 from covidseg.errors import UserError
@@ -108,7 +117,7 @@ class ImageCache:
     @property
     def store(self) -> ArrayStore:
         if self._store is None:
-            self._store = ArrayStore(self.folder, (self.size, self.size))
+            self._store = ArrayStore(self.folder, (self.size, self.size), content=DECODED)
         return self._store
 
     def load(self, path: str | Path) -> tuple[np.ndarray, str]:
@@ -127,17 +136,7 @@ class ImageCache:
         if on_bad_image not in ("error", "skip"):
             raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
         paths = [str(p) for p in paths]
-        entries = self.index.lookup(paths, partial(check_image, min_side=self.min_side), refused=(BadImage,))
-        failures: dict[int, BadImage] = {}
-        for i, entry in enumerate(entries):
-            try:
-                if isinstance(entry, OSError):
-                    raise BadImage(f"Cannot read image {paths[i]}: {entry}.", "unreadable")
-                if isinstance(entry, BadImage):
-                    raise entry
-                check_size(paths[i], entry.width, entry.height, self.min_side)
-            except BadImage as err:
-                failures[i] = err
+        entries, failures = self._entries(paths)
         # error mode: nothing after the first refused header is needed, but earlier files may still fail
         stop = min(failures) if failures and on_bad_image == "error" else len(paths)
         wanted = [i for i in range(stop) if i not in failures]
@@ -156,6 +155,31 @@ class ImageCache:
         skipped = sorted(failures)
         self._log_skips(paths, [failures[i] for i in skipped], skipped)
         return view, digests, skipped
+
+    def _entries(self, paths: list[str]) -> tuple[list[FileEntry | Exception], dict[int, BadImage]]:
+        """The file index's entry of each path, and the refusals its header checks give (by index)."""
+        entries = self.index.lookup(paths, partial(check_image, min_side=self.min_side), refused=(BadImage,))
+        failures: dict[int, BadImage] = {}
+        for i, entry in enumerate(entries):
+            try:
+                if isinstance(entry, OSError):
+                    raise unreadable(paths[i], entry)
+                if isinstance(entry, BadImage):
+                    raise entry
+                check_size(paths[i], entry.width, entry.height, self.min_side)
+            except BadImage as err:
+                err.path = paths[i]
+                failures[i] = err
+        return entries, failures
+
+    def source_sizes(self, paths: Sequence[str]) -> list[tuple[int, int]]:
+        """Each file's (width, height) as displayed (EXIF orientation applied), from the file index: a file
+        is read only if it changed since it was last hashed. A refused file raises its BadImage."""
+        paths = [str(p) for p in paths]
+        entries, failures = self._entries(paths)
+        if failures:
+            raise failures[min(failures)]
+        return [(entry.width, entry.height) for entry in entries]
 
     def _decode(
         self, paths: list[str], entries: list[FileEntry | Exception], indices: list[int], stop_early: bool
@@ -182,6 +206,7 @@ class ImageCache:
         try:
             for i, result in zip(indices, results):
                 if isinstance(result, BadImage):
+                    result.path = paths[i]
                     refused[i] = result
                     if stop_early:
                         break

@@ -1,4 +1,9 @@
-"""Lung segmentation data: a folder of image/mask pairs (metadata.csv: image,mask), one patient per image."""
+"""Lung segmentation data: a folder of image/mask pairs (metadata.csv: image,mask), one patient per image.
+
+A pair is refused (a UserError naming the line of metadata.csv, the file and the fix) when either file is
+not a usable image, when the mask has another size than its image (it would be stretched onto other
+pixels), or when the mask has one value everywhere (all 0: no lung; all 255: no background).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,23 @@ import numpy as np
 import pandas as pd
 
 from covidseg.data.datasets import ArrayDataModule, ArrayDataset
-from covidseg.data.images import ImageCache
+from covidseg.data.images import BadImage, ImageCache
 from covidseg.data.split import DEFAULT_SPLIT_RATIOS, SPLITS, split_by_patient
-from covidseg.data.store import take_rows
+from covidseg.data.store import ArrayView, take_rows
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
 from covidseg.paths import missing_data_hint
 
 log = logging.getLogger(__name__)
+
+
+def _row(table: pd.DataFrame, column: str, path: str) -> int:
+    """The position of the row whose `column` is `path`."""
+    return int(np.flatnonzero(table[column].to_numpy() == path)[0])
+
+
+def _size(width_height: tuple[int, int]) -> str:
+    return f"{width_height[0]}x{width_height[1]} px"
 
 
 def read_mask_manifest(root: str | Path) -> pd.DataFrame:
@@ -36,6 +50,7 @@ def read_mask_manifest(root: str | Path) -> pd.DataFrame:
         raise UserError(
             f"{csv} lacks column(s) {missing}; it has {list(table.columns)}. Add image,mask columns."
         )
+    table["csv_line"] = table.index + 2  # the header is line 1; messages name the line
     table["image_file"] = [str(root / p) for p in table["image"]]
     table["mask_file"] = [str(root / p) for p in table["mask"]]
     absent = [p for p in [*table["image_file"], *table["mask_file"]] if not Path(p).is_file()]
@@ -88,8 +103,9 @@ class LungMaskDataModule(ArrayDataModule):
                 table.assign(patient_id=table["image"], label="lung"), self.split_ratios, self.seed
             )
         cache = ImageCache(self.cache_dir, self.image_size)
-        images, _, _ = cache.load_many(list(table["image_file"]))
-        masks = np.asarray(cache.load_many(list(table["mask_file"]))[0])  # thresholded below, in memory
+        images = self._load(cache, table, "image")
+        masks = np.asarray(self._load(cache, table, "mask"))  # thresholded below, in memory
+        self._check_sizes(cache, table)
         peaks = masks.reshape(len(masks), -1).max(axis=1)
         if (peaks == 0).any():
             empty = list(table["mask"][peaks == 0][:3])
@@ -104,6 +120,40 @@ class LungMaskDataModule(ArrayDataModule):
             rows = (table["split"] == split).to_numpy()
             self.datasets[split] = ArrayDataset(take_rows(images, rows), masks[rows])
         log.info("Mask data %s: %s", self.root, self.split_sizes())
+
+    def _load(self, cache: ImageCache, table: pd.DataFrame, column: str) -> ArrayView:
+        """The decoded files of `column` (image or mask); a refused file names its line of metadata.csv."""
+        try:
+            return cache.load_many(list(table[f"{column}_file"]))[0]
+        except BadImage as err:
+            if err.path is None:
+                raise
+            row = table.iloc[_row(table, f"{column}_file", err.path)]
+            where = f"{self.root / 'metadata.csv'} line {row['csv_line']}"
+            if column == "mask" and err.reason == "blank":
+                raise UserError(
+                    f"{where}: mask {row['mask']} is empty or full, one value everywhere ({err.problem}) A "
+                    "mask marks lung pixels (non-zero) and background (0); fix the mask or remove the row."
+                ) from err
+            raise UserError(f"{where}: {err.problem} Replace the {column} or remove the row.") from err
+
+    def _check_sizes(self, cache: ImageCache, table: pd.DataFrame) -> None:
+        """Each mask has its image's size (as displayed): a mask of another size would be stretched onto other
+        pixels when both are resized to image_size, silently teaching the wrong lung outline."""
+        image_sizes = cache.source_sizes(list(table["image_file"]))
+        mask_sizes = cache.source_sizes(list(table["mask_file"]))
+        wrong = [i for i, (a, b) in enumerate(zip(image_sizes, mask_sizes)) if a != b]
+        if wrong:
+            shown = "; ".join(
+                f"line {table.at[i, 'csv_line']}: mask {table.at[i, 'mask']} is {_size(mask_sizes[i])}, "
+                f"image {table.at[i, 'image']} is {_size(image_sizes[i])}"
+                for i in wrong[:3]
+            )
+            raise UserError(
+                f"{self.root / 'metadata.csv'}: {len(wrong)} mask(s) have another size than their image "
+                f"({shown}). Give each mask its image's exact size (draw or export it on that image), or "
+                "remove the row."
+            )
 
     def describe_empty(self, split: str) -> str:
         return f"The {split} split of {self.root} is empty; use more images or other split ratios."

@@ -11,6 +11,8 @@ Every check of the table happens here, before any image is decoded:
 - an image listed twice (also as `a/./b.png` vs `a/b.png`, or with two labels) is refused;
 - class folders: files with unsupported suffixes (e.g. .txt) are counted and named in a warning,
   hidden files (.DS_Store, ._x.png, .ipynb_checkpoints/) are ignored.
+Entries that exist but are no readable image (broken links, FIFOs) are listed: the image cache refuses
+or counts them (data.on_bad_image) like any unreadable file, rather than leaving them out unnoticed.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def load_manifest(root: str | Path) -> tuple[pd.DataFrame, ManifestReport]:
     table = table.reset_index(drop=True)
     _strip_whitespace(table, report)
     table["file"] = _checked_files(root, table, report.source)
-    missing_files = [p for p, f in zip(table["path"], table["file"]) if not os.path.isfile(f)]
+    # Paths that exist as something else (a broken link, a FIFO) are the image reader's to refuse or count.
+    missing_files = [p for p, f in zip(table["path"], table["file"]) if not os.path.lexists(f)]
     if missing_files:
         raise UserError(
             f"{len(missing_files)} image file(s) listed for {root} do not exist, e.g. {missing_files[:3]}. "
@@ -216,7 +219,8 @@ def _scan_class_folders(root: Path, report: ManifestReport) -> pd.DataFrame:
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(sub.rglob("*")):
             relative = f.relative_to(root)
-            if _hidden(relative) or not f.is_file():
+            # not is_file(): a broken link or a FIFO is listed, for the image reader to refuse or count
+            if _hidden(relative) or f.is_dir():
                 continue
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 rows.append({"path": str(relative), "label": sub.name, "patient_id": f"{sub.name}/{f.stem}"})

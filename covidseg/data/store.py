@@ -59,10 +59,17 @@ def read_header(path: Path) -> dict[str, Any] | None:
 
 
 class ArrayStore:
-    """Rows of shape `row_shape` (uint8 unless `dtype` says otherwise) in `folder`, keyed by digest."""
+    """Rows of shape `row_shape` (uint8 unless `dtype` says otherwise) in `folder`, keyed by digest.
 
-    def __init__(self, folder: str | Path, row_shape: Sequence[int], dtype: Any = np.uint8):
+    content: what made the rows (e.g. the decoder's version), kept in the header: a store whose header
+    names other content is rebuilt, so rows made under older rules are never served under a digest.
+    """
+
+    def __init__(
+        self, folder: str | Path, row_shape: Sequence[int], dtype: Any = np.uint8, content: str | None = None
+    ):
         self.folder = Path(folder)
+        self.content = content
         self.row_shape = tuple(int(n) for n in row_shape)
         self.dtype = np.dtype(dtype)
         self.row_bytes = math.prod(self.row_shape) * self.dtype.itemsize
@@ -93,9 +100,16 @@ class ArrayStore:
     def _check(self) -> None:
         """Open what is on disk, rebuilding what cannot be trusted."""
         header = read_header(self.data_path)
-        expected = {"format": FORMAT, "row_shape": list(self.row_shape), "dtype": self.dtype.str}
+        expected = self._header()
         if header is None or {k: header.get(k) for k in expected} != expected:
-            if self.data_path.exists():
+            if header is not None and all(header.get(k) == v for k, v in expected.items() if k != "content"):
+                log.info(
+                    "Array store %s holds arrays of %s, not %s; rebuilding it.",
+                    self.folder,
+                    header.get("content") or "an older version",
+                    self.content,
+                )
+            elif self.data_path.exists():
                 log.warning("Array store %s has a damaged or different header; rebuilding it.", self.folder)
             self._rebuild()
             return
@@ -122,6 +136,11 @@ class ArrayStore:
             log.warning("Array store %s has a damaged index (%s); rebuilding it.", self.folder, err)
             self._rebuild()
 
+    def _header(self) -> dict[str, Any]:
+        """What the header must say for the rows to be this store's (all but the id)."""
+        header = {"format": FORMAT, "row_shape": list(self.row_shape), "dtype": self.dtype.str}
+        return header if self.content is None else {**header, "content": self.content}
+
     def _connect(self) -> None:
         if self.con is not None:
             self.con.close()
@@ -134,8 +153,7 @@ class ArrayStore:
             self.con = None
         remove_sqlite(self.index_path)
         self.id = uuid.uuid4().hex
-        header = {"format": FORMAT, "row_shape": list(self.row_shape), "dtype": self.dtype.str, "id": self.id}
-        raw = MAGIC + json.dumps(header).encode()
+        raw = MAGIC + json.dumps({**self._header(), "id": self.id}).encode()
         tmp = self.data_path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
             handle.write(raw.ljust(HEADER, b"\0"))
