@@ -65,6 +65,7 @@ def fit_and_evaluate(
     `resume_from`: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
     (covidseg.resume_state.ResumableState).
     """
+    config = OmegaConf.to_container(cfg, resolve=True)  # as the job started: the W&B group is set below
     resumed_at = None
     if resume_from is not None:
         resumed_at = int(read_checkpoint(resume_from, "Start a new run without resume=true.")["epoch"]) + 1
@@ -77,7 +78,7 @@ def fit_and_evaluate(
         trainer: L.Trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[*instantiate_all(cfg.callbacks), ValidationScores(), ResumableState()],
+            callbacks=[*instantiate_all(cfg.callbacks), ValidationScores(), ResumableState(config)],
             plugins=[AtomicCheckpointIO()],
         )
         if resumed_at is not None:

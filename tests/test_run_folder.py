@@ -17,16 +17,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 import covidseg.cli as cli
 import covidseg.data.file_index as file_index
 import covidseg.data.store as store
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
+from covidseg.resume import RUN_RECORD_KEY, check_same_data, data_differences, data_record, plan_resume
 from covidseg.run_folder import LOCK_FILE, RunFolderLock, RunFolders, _checked
-from tests.conftest import REPO, make_dataset, run_cli_refused
+from tests.conftest import REPO, make_dataset, run_cli, run_cli_refused
 
 HOLD = """
 import sys
@@ -241,22 +245,149 @@ def test_a_full_cache_folder_names_it_and_the_fix(tmp_path, monkeypatch):
         _datamodule(data, tmp_path / "cache2").setup()
 
 
-@pytest.mark.parametrize("option", ["hydra.run.dir", "COVIDSEG_CACHE_DIR"])
-def test_cli_a_folder_under_a_file_exits_2_naming_the_file(tmp_path, option, monkeypatch):
+@pytest.mark.parametrize("blocked", ["run", "cache"])
+def test_cli_a_folder_under_a_file_exits_2_naming_the_file(tmp_path, blocked, monkeypatch):
     (tmp_path / "file").write_text("not a folder")
-    run = tmp_path / "run"
-    if option == "hydra.run.dir":
-        run = tmp_path / "file" / "run"
-    else:
-        monkeypatch.setenv("COVIDSEG_CACHE_DIR", str(tmp_path / "file" / "cache"))
-    data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
+    folders = {"run": tmp_path / "run", "cache": tmp_path / "cache", blocked: tmp_path / "file" / blocked}
+    monkeypatch.setenv("COVIDSEG_CACHE_DIR", str(folders["cache"]))
     run_cli_refused(
         "covidseg-train",
-        f"data.root={data}",
         "debug=fast",
-        "logger=none",
-        "data.image_size=32",
-        f"hydra.run.dir={run}",
-        expected=rf"Cannot write the (run|cache) folder {tmp_path}/file/\w+: {tmp_path}/file is a file, not "
+        f"hydra.run.dir={folders['run']}",
+        expected=rf"Cannot write the {blocked} folder {tmp_path}/file/\w+: {tmp_path}/file is a file, not "
         r"a folder. Remove or rename that file, or (give hydra.run.dir|set COVIDSEG_CACHE_DIR)",
     )
+
+
+# -- resume: the first attempt's data and config -------------------------------------------------------------
+def _without_rows(data: Path, paths: list[str]) -> None:
+    table = pd.read_csv(data / "metadata.csv", dtype=str)
+    table[~table["path"].isin(paths)].to_csv(data / "metadata.csv", index=False)
+
+
+def _set_up(data: Path, cache: Path) -> CXRDataModule:
+    dm = _datamodule(data, cache)
+    dm.setup()
+    return dm
+
+
+def test_data_differences_name_removed_images_and_the_split_they_change(tmp_path):
+    data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 30})
+    first = data_record(_set_up(data, tmp_path / "c"))
+    _without_rows(data, ["normal/0.png", "normal/1.png", "covid/2.png", "covid/3.png"])  # two patients
+    differences = data_differences(first, data_record(_set_up(data, tmp_path / "c")))
+    assert (
+        differences[0]
+        == "4 image(s) removed or left out (e.g. 'normal/0.png', 'normal/1.png', 'covid/2.png', ...)"
+    )
+    assert len(differences) == 2 and "image(s) with another split (e.g. '" in differences[1]
+    assert " then, " in differences[1]
+
+
+def test_data_differences_name_labels_content_and_order(tmp_path):
+    data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
+    first = data_record(_set_up(data, tmp_path / "c"))
+    Image.new("L", (32, 32), 7).save(data / "covid/5.png")  # same name, other pixels
+    assert data_differences(first, data_record(_set_up(data, tmp_path / "c"))) == [
+        "1 image(s) with another content (SHA-1) (e.g. 'covid/5.png')"
+    ]
+    before = data_record(_set_up(data, tmp_path / "c"))
+    table = pd.read_csv(data / "metadata.csv", dtype=str)
+    table.iloc[::-1].to_csv(data / "metadata.csv", index=False)  # the split does not depend on the order
+    reordered = data_record(_set_up(data, tmp_path / "c"))
+    assert data_differences(before, reordered) == [
+        "the same images in another order (the batches would differ)"
+    ]
+    assert data_differences(before, {**before, "segmenter": "ab12"}) == [
+        "the segmenter checkpoint (SHA-1 None then, ab12 now): the lung masks would differ"
+    ]
+    relabelled = {**before, "label": ["normal"] * len(before["label"])}
+    assert data_differences(before, relabelled) == [
+        "20 image(s) with another label (e.g. 'covid/0.png': covid then, normal now)"
+    ]
+
+
+def _checkpoint(path: Path, config: dict, data: dict | None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "epoch": 1, RUN_RECORD_KEY: {"config": config, "data": data}}, path)
+    return path
+
+
+def test_resume_on_changed_data_stops_naming_the_change(tmp_path):
+    data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 30})
+    last = _checkpoint(tmp_path / "last.ckpt", {}, data_record(_set_up(data, tmp_path / "c")))
+    check_same_data(last, _set_up(data, tmp_path / "c"))  # the same data: goes on
+    _without_rows(data, ["normal/0.png", "normal/1.png", "covid/2.png", "covid/3.png"])
+    with pytest.raises(UserError) as err:
+        check_same_data(last, _set_up(data, tmp_path / "c"))
+    message = str(err.value)
+    assert message.startswith(
+        f"resume=true: the data in {data} changed since the first attempt wrote {last}: "
+    )
+    assert "4 image(s) removed or left out" in message and "image(s) with another split" in message
+    assert message.endswith(
+        "Start a new run (without resume=true) in another hydra.run.dir / hydra.sweep.dir, "
+        "or restore the data as they were."
+    )
+
+
+def test_resume_of_a_checkpoint_another_run_wrote_in_the_folder_stops_naming_the_settings(tmp_path, caplog):
+    """Two runs started in one folder: config_resolved.yaml is the second's, last.ckpt the first's."""
+    second = {
+        "resume": True,
+        "seed": 0,
+        "data": {"classes": ["normal", "pneumonia"]},
+        "callbacks": {"model_checkpoint": {"dirpath": str(tmp_path / "checkpoints")}},
+    }
+    first = {**second, "resume": False, "data": {"classes": ["normal", "covid"]}}
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml({**second, "resume": False}))
+    _checkpoint(tmp_path / "checkpoints" / "last.ckpt", first, None)
+    cfg = OmegaConf.create(second)
+    with pytest.raises(
+        UserError,
+        match=r"last.ckpt was written by a run with other settings than this job's: "
+        r'data.classes: \["normal", "covid"\] then, \["normal", "pneumonia"\] now. It is not',
+    ):
+        plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=False)
+    _checkpoint(tmp_path / "checkpoints" / "last.ckpt", {**second, "resume": False}, None)
+    plan = plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=False)
+    assert plan.checkpoint == tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": {}, "epoch": 1}, tmp_path / "checkpoints" / "last.ckpt")  # an older covidseg's
+    with caplog.at_level(logging.WARNING):
+        plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=False)
+    assert "last.ckpt records no config (written before covidseg recorded one): not checked." in caplog.text
+
+
+@pytest.mark.slow
+def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_restored_file(tmp_path):
+    from tests.test_resume import _kill_when_saved
+
+    data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 30})
+    run = tmp_path / "run"
+    args = [
+        f"data.root={data}",
+        "data.image_size=32",
+        "logger=none",
+        "callbacks=none",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={run}",
+    ]
+    _kill_when_saved(args, run / "checkpoints" / "last.ckpt", 0)
+    assert (run / LOCK_FILE).is_file()  # SIGKILL: no clean-up
+    kept = (data / "metadata.csv").read_text()
+    _without_rows(data, ["normal/0.png", "normal/1.png", "covid/2.png", "covid/3.png"])
+    splits = (run / "splits.csv").read_text()
+    output = run_cli_refused(
+        "covidseg-train",
+        *args,
+        "resume=true",
+        expected=r"resume=true: the data in .* changed since the first attempt wrote .*last.ckpt: "
+        r"4 image\(s\) removed or left out .*image\(s\) with another split",
+    )
+    assert "taking over the lock of the job that ran here before" in output
+    assert (run / "splits.csv").read_text() == splits and not (run / LOCK_FILE).exists()
+    (data / "metadata.csv").write_text(kept)
+    run_cli("covidseg-train", *args, "resume=true")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4 and metrics["resumed_at_epoch"] >= 1
+    assert (run / "splits.csv").read_text() == splits
