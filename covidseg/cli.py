@@ -20,7 +20,7 @@ from covidseg.errors import UserError
 from covidseg.file_system import file_system_error
 from covidseg.objective import check_optimized_metric, failed_value, objective
 from covidseg.paths import CONF_DIR, register_resolvers
-from covidseg.resume import plan_resume
+from covidseg.resume import ResumeMismatch, plan_resume
 from covidseg.run_folder import RunFolderLock
 
 log = logging.getLogger("covidseg")
@@ -98,7 +98,8 @@ def _run_locked_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         check_config(cfg)
         return task(cfg)
     except Exception as err:
-        if not in_multirun():
+        # Other data than a resumed run's stop a sweep too, as other settings do (plan_resume, above).
+        if not in_multirun() or isinstance(user_error(err), ResumeMismatch):
             cause = user_error(err) or file_system_error(err)
             if cause is not None:
                 log.error("%s", cause)

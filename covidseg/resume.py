@@ -44,6 +44,11 @@ MAX_SHOWN = 6
 _ABSENT = "(absent)"
 
 
+class ResumeMismatch(UserError):
+    """resume=true in a folder whose run had other settings or data: the job is not the run it claims to
+    continue (a sweep stops on it too, covidseg.cli.run_job)."""
+
+
 @dataclass(frozen=True)
 class Resume:
     """What a job with resume=true does: continue from `checkpoint`, start from epoch 0 (neither set), or
@@ -120,7 +125,7 @@ def check_same_config(recorded_config: Path, cfg: DictConfig) -> None:
     differences = config_differences(recorded, current)
     if not differences:
         return
-    raise UserError(
+    raise ResumeMismatch(
         f"resume=true: this job's settings differ from those the run in {recorded_config.parent} was "
         f"started with ({recorded_config.name}): {_listed(differences)}. Resume with the first attempt's "
         "overrides, or start a new run (without resume=true) in another hydra.run.dir / hydra.sweep.dir."
@@ -136,7 +141,7 @@ def check_checkpoint_config(checkpoint: Mapping[str, Any], path: Path, cfg: Dict
         return
     differences = config_differences(recorded, OmegaConf.to_container(cfg, resolve=True))
     if differences:
-        raise UserError(
+        raise ResumeMismatch(
             f"resume=true: {path} was written by a run with other settings than this job's: "
             f"{_listed(differences)}. It is not this run's checkpoint (did another run use this folder?). "
             f"{START_AGAIN}."
@@ -164,7 +169,7 @@ def check_same_data(checkpoint_path: Path, datamodule: Any) -> None:
         return
     differences = data_differences(recorded, data_record(datamodule))
     if differences:
-        raise UserError(
+        raise ResumeMismatch(
             f"resume=true: the data in {datamodule.root} changed since the first attempt wrote "
             f"{checkpoint_path}: {_listed(differences)}. The run cannot go on with other data or another "
             f"split. {START_AGAIN}, or restore the data as they were."

@@ -28,7 +28,14 @@ import covidseg.data.file_index as file_index
 import covidseg.data.store as store
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
-from covidseg.resume import RUN_RECORD_KEY, check_same_data, data_differences, data_record, plan_resume
+from covidseg.resume import (
+    RUN_RECORD_KEY,
+    ResumeMismatch,
+    check_same_data,
+    data_differences,
+    data_record,
+    plan_resume,
+)
 from covidseg.run_folder import LOCK_FILE, RunFolderLock, RunFolders, _checked
 from tests.conftest import REPO, make_dataset, run_cli, run_cli_refused
 
@@ -356,6 +363,23 @@ def test_resume_of_a_checkpoint_another_run_wrote_in_the_folder_stops_naming_the
     with caplog.at_level(logging.WARNING):
         plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=False)
     assert "last.ckpt records no config (written before covidseg recorded one): not checked." in caplog.text
+
+
+def test_a_sweep_job_on_changed_data_stops_the_sweep_another_user_error_fails_the_job(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "run_dir", lambda: tmp_path)
+    monkeypatch.setattr(cli, "in_multirun", lambda: True)
+
+    def fails(error):
+        def task(cfg):
+            raise error
+
+        return task
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run_job(fails(ResumeMismatch("resume=true: the data changed")), OmegaConf.create({"seed": 0}))
+    assert stop.value.code == 2 and not (tmp_path / "failed.json").exists()
+    assert cli.run_job(fails(UserError("a bad image")), OmegaConf.create({"seed": 0})) is None
+    assert "a bad image" in json.loads((tmp_path / "failed.json").read_text())["error"]
 
 
 @pytest.mark.slow
