@@ -18,10 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from covidseg.config_checks import check_config
 from covidseg.errors import UserError
+from covidseg.file_system import file_system_error
 from covidseg.objective import check_optimized_metric, failed_value, objective
 from covidseg.overrides import check_command_line
 from covidseg.paths import CONF_DIR, register_resolvers
-from covidseg.resume import plan_resume
+from covidseg.resume import ResumeMismatch, plan_resume
+from covidseg.run_folder import RunFolderLock
 
 log = logging.getLogger("covidseg")
 
@@ -73,7 +75,18 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     the worst value of an Optuna study's direction (covidseg.objective.failed_value; None for other
     sweepers) and the sweep goes on with the next job; `covidseg-report` lists failed jobs.
     With resume=true (covidseg.resume), a finished job is not run again; its metrics.json gives the value.
+    One job at a time in a folder (covidseg.run_folder): a second job started in it exits 2 naming the first.
     """
+    try:
+        lock = RunFolderLock(run_dir())
+    except UserError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    with lock:
+        return _run_locked_job(task, cfg)
+
+
+def _run_locked_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         resume = plan_resume(cfg, run_dir(), run_dir() / RESOLVED_CONFIG, sweep_job=in_multirun())
     except UserError as err:
@@ -87,8 +100,9 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         check_config(cfg)
         return task(cfg)
     except Exception as err:
-        if not in_multirun():
-            cause = user_error(err)
+        # Other data than a resumed run's stop a sweep too, as other settings do (plan_resume, above).
+        if not in_multirun() or isinstance(user_error(err), ResumeMismatch):
+            cause = user_error(err) or file_system_error(err)
             if cause is not None:
                 log.error("%s", cause)
                 raise SystemExit(2) from None

@@ -8,7 +8,9 @@ state (best checkpoint, early-stopping counter). It does not restore:
 - the ReduceLROnPlateau step of the epoch the checkpoint was written in: Lightning writes last.ckpt in
   `on_train_epoch_end`, before it steps plateau schedulers, and skips that step on resume.
 `ResumableState` writes all three into every checkpoint, as tensors and plain numbers so that the file still
-loads with `weights_only=True`, and puts them back when a fit resumes.
+loads with `weights_only=True`, and puts them back when a fit resumes. It also records the job's resolved
+config and the data the fit sees (covidseg.resume.RUN_RECORD_KEY), so that a resume can check that it
+continues this checkpoint's run on this checkpoint's data.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
+
+from covidseg.resume import RUN_RECORD_KEY, data_record
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +84,11 @@ class ResumableState(L.Callback):
     fit loop runs. Nothing in between draws random numbers (the sanity check runs in isolate_rng).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        """config: the job's resolved config (plain containers), recorded in every checkpoint."""
         self.pending: dict[str, Any] | None = None
+        self.config = config
+        self.data: dict[str, Any] | None = None
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -92,6 +99,9 @@ class ResumableState(L.Callback):
             "epoch": int(trainer.current_epoch),
             "plateau_monitors": _plateau_monitors(trainer),
         }
+        if self.data is None:  # the data module's table is set up once, before fit
+            self.data = data_record(trainer.datamodule)
+        checkpoint[RUN_RECORD_KEY] = {"config": self.config, "data": self.data}
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

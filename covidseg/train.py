@@ -25,7 +25,7 @@ from covidseg.job_cams import write_job_cams
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.objective import check_optimized_metric, objective
-from covidseg.resume import checkpoint_to_resume
+from covidseg.resume import check_same_data, checkpoint_to_resume
 from covidseg.training import fit_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     masks = mask_source(cfg.segmenter, cfg.paths.cache_dir, cfg.data.input)
     datamodule: CXRDataModule = instantiate(cfg.data, masks=masks)
     datamodule.setup("fit")
+    resume_from = checkpoint_to_resume(cfg, out_dir)
+    if resume_from is not None:  # before splits.csv, the first attempt's, is replaced
+        check_same_data(resume_from, datamodule)
     datamodule.write_splits(out_dir / "splits.csv")
     if masks is not None:
         images, lung_masks = images_and_masks(masks, datamodule, datamodule.table)
@@ -91,7 +94,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         leave_cams_for_report(cfg, out_dir, model, datamodule, masks)
         return metrics
 
-    resume_from = checkpoint_to_resume(cfg, out_dir)
     metrics = fit_and_evaluate(cfg, model, datamodule, group, tags, evaluate, resume_from)
     if not metrics:  # a non-zero DDP rank
         return metrics

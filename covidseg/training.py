@@ -68,6 +68,7 @@ def fit_and_evaluate(
     `resume_from`: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
     (covidseg.resume_state.ResumableState).
     """
+    config = OmegaConf.to_container(cfg, resolve=True)  # as the job started: the W&B group is set below
     resumed_at = None
     if resume_from is not None:
         resumed_at = int(read_checkpoint(resume_from, "Start a new run without resume=true.")["epoch"]) + 1
@@ -84,7 +85,7 @@ def fit_and_evaluate(
                 DivergenceCheck(),  # a NaN loss or weight stops the fit (UserError), never a result
                 *instantiate_all(cfg.callbacks),
                 ValidationScores(),
-                ResumableState(),
+                ResumableState(config),
             ],
             plugins=[AtomicCheckpointIO()],
         )

@@ -24,9 +24,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
+
+from covidseg.file_system import folder_faults
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,17 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS files (
     trusted INTEGER, digest TEXT, width INTEGER, height INTEGER)"""
 
 Probe = Callable[[str, bytes], tuple[int, int]]
+# The way out of a read-only or full cache folder (covidseg.file_system); the cache only holds what covidseg
+# can compute again, so another folder costs one cold start.
+CACHE_ALTERNATIVE = (
+    "set COVIDSEG_CACHE_DIR (or paths.cache_dir=...) to a writable folder with free space (the cache is "
+    "filled again there on the first run)"
+)
+
+
+def cache_faults(folder: Path) -> AbstractContextManager[None]:
+    """A read-only, full or misplaced cache folder as a UserError naming it (covidseg.file_system)."""
+    return folder_faults("write the cache folder", folder, CACHE_ALTERNATIVE)
 
 
 @dataclass(frozen=True)
@@ -131,9 +145,10 @@ class FileIndex:
 
     def __init__(self, cache_root: str | Path):
         self.path = Path(cache_root) / "files.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hashed = 0  # files read and hashed by this object (index misses)
-        self.con = self._open()
+        with cache_faults(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.con = self._open()
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -190,7 +205,8 @@ class FileIndex:
         in one transaction.
         """
         absolute = [os.path.abspath(p) for p in paths]
-        known = self._known(absolute)
+        with cache_faults(self.path.parent):
+            known = self._known(absolute)
         entries: list[FileEntry | Exception] = []
         fresh: list[tuple] = []
         for path in absolute:
@@ -221,7 +237,8 @@ class FileIndex:
             fresh.append((path, *stat, trusted, entry.digest, entry.width, entry.height))
             entries.append(entry)
         if fresh:
-            self._record(fresh)
+            with cache_faults(self.path.parent):
+                self._record(fresh)
         return entries
 
     def _record(self, rows: list[tuple]) -> None:

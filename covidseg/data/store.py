@@ -8,7 +8,8 @@ Rows are written, flushed and fdatasync'ed before their index entries are commit
 never rewritten. So a process killed mid-append leaves at most uncommitted rows past the last committed
 one, which the next append overwrites, and everything it committed is reused. What is found on opening is
 checked, not trusted: a damaged header, another shape, a damaged index or committed rows past the end of a
-(truncated) data file are logged and rebuilt (only the bad part where possible).
+(truncated) data file are logged and rebuilt (only the bad part where possible). A folder that cannot be
+written (read-only, full, a file in its place) is a UserError naming it (file_index.cache_faults).
 
 ArrayView is what callers get: a picklable, read-only, numpy-like view of some rows that opens the file
 with np.memmap only when indexed (also in a DataLoader worker after unpickling; the memmap itself is never
@@ -31,7 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from covidseg.data.file_index import FileEntry, FileIndex, chunks, connect, damaged, remove_sqlite
+from covidseg.data.file_index import (
+    FileEntry,
+    FileIndex,
+    cache_faults,
+    chunks,
+    connect,
+    damaged,
+    remove_sqlite,
+)
 
 __all__ = ["ArrayStore", "ArrayView", "FileEntry", "FileIndex", "take_rows"]
 
@@ -75,12 +84,13 @@ class ArrayStore:
         self.row_bytes = math.prod(self.row_shape) * self.dtype.itemsize
         self.data_path = self.folder / "rows.u8"
         self.index_path = self.folder / "index.sqlite"
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.con: sqlite3.Connection | None = None
         self.id = ""
         self._holding = False
-        with self._locked():
-            self._check()
+        with cache_faults(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with self._locked():
+                self._check()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -169,6 +179,10 @@ class ArrayStore:
     # -- reading and writing ---------------------------------------------------------------------------
     def rows_for(self, digests: Sequence[str]) -> list[int | None]:
         """The committed row of each digest, or None where the store has none."""
+        with cache_faults(self.folder):
+            return self._rows_for(digests)
+
+    def _rows_for(self, digests: Sequence[str]) -> list[int | None]:
         found: dict[str, int] = {}
         try:
             for part in chunks(list(dict.fromkeys(digests))):
@@ -188,7 +202,7 @@ class ArrayStore:
         """Store `arrays` under `digests` (digests already stored keep their row) and return their rows."""
         if len(digests) != len(arrays):
             raise ValueError(f"{len(digests)} digests for {len(arrays)} arrays")
-        with self._locked():
+        with cache_faults(self.folder), self._locked():
             self._check()  # another process may have rebuilt the store or found it damaged
             rows = dict(zip(digests, self.rows_for(digests)))
             new = {}
