@@ -28,9 +28,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     - Atomic: a run killed while writing keeps its previous last.ckpt whole, so resume=true still has one.
     - Cheaper per epoch than Lightning's default writer, which serialises the whole checkpoint (weights and
       optimizer state, 134 MB for resnet18 + Adam) into memory first and then copies it to the file.
-    - `crc32=False` skips the zip CRC-32 of every record, the slowest part of torch.save on a CPU (the rename
-      already rules out torn files; torch.load reads such files as usual). Every epoch writes last.ckpt, so
-      on a small data set this is a visible share of the run.
+    - With zip CRC-32s (torch's default), which covidseg.checkpoints checks on every load: a bit that flips
+      on disk or in a copy is refused there instead of loading as a changed weight. They cost little:
+      benchmarks/checkpoint_crc.py times a 134 MB write with and without them.
     - In the background when the weights live on an accelerator (`background=None`, the default): the
       tensors are copied on the device (a few ms) and a thread writes the copy while training goes on. On a
       GPU an epoch of a small data set takes about as long as writing two 134 MB files, so writing them in
@@ -45,9 +45,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
       a checkpoint changed in place by other code (torch.save over it) would change both names.
     """
 
-    def __init__(self, crc32: bool = False, background: bool | None = None):
+    def __init__(self, background: bool | None = None):
         super().__init__()
-        self.crc32 = crc32
         self.background = background
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: list[Future] = []
@@ -91,7 +90,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _write(
         self, checkpoint: dict[str, Any], target: Path, copied: torch.cuda.Event | None = None
     ) -> None:
-        with self._replacing(target) as partial_file, self._side_stream(copied), _crc32(self.crc32):
+        with self._replacing(target) as partial_file, self._side_stream(copied):
             try:
                 torch.save(checkpoint, partial_file)
             except (OSError, RuntimeError) as error:
@@ -277,19 +276,3 @@ def _content_key(value: Any) -> Any:
     if isinstance(value, _PLAIN):
         return (type(value), value)
     return object()
-
-
-@contextmanager
-def _crc32(enabled: bool) -> Iterator[None]:
-    """torch.save with or without record checksums (torch >= 2.7 can skip them; older ones always write)."""
-    try:
-        from torch.utils.serialization import config
-    except ImportError:
-        yield
-        return
-    before = config.save.compute_crc32
-    config.save.compute_crc32 = enabled
-    try:
-        yield
-    finally:
-        config.save.compute_crc32 = before

@@ -8,6 +8,7 @@ normalised image batch and its output raw logits; covidseg.export_record says wh
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -32,9 +33,9 @@ def _example(size: int, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def export_onnx(net: nn.Module, size: int, path: Path, output_name: str) -> int:
-    """`net` (eval mode, CPU) as an ONNX file with input `image` (batch, 1, size, size) and one output;
-    the batch axis is dynamic. Returns the ONNX opset used."""
+def export_onnx(net: nn.Module, size: int, output_name: str) -> tuple[bytes, int]:
+    """`net` (eval mode, CPU) as the bytes of an ONNX file with input `image` (batch, 1, size, size) and one
+    output; the batch axis is dynamic. Returns the bytes and the ONNX opset used."""
     try:
         import onnx  # noqa: F401  (the exporter needs onnx and onnxscript; say so before it fails deep inside)
         import onnxscript  # noqa: F401
@@ -54,32 +55,40 @@ def export_onnx(net: nn.Module, size: int, path: Path, output_name: str) -> int:
             external_data=False,  # one self-contained file (covidseg's networks are far below 2 GB)
             verbose=False,
         )
-    program.save(str(path))
-    return int(program.model.opset_imports[""])
+    # In memory, like the TorchScript file: the files reach the disk only through covidseg.outputs.
+    return program.model_proto.SerializeToString(), int(program.model.opset_imports[""])
 
 
-def export_torchscript(net: nn.Module, size: int, path: Path) -> None:
-    """`net` traced into a TorchScript file (same input and output as the ONNX file)."""
+def export_torchscript(net: nn.Module, size: int) -> bytes:
+    """`net` traced into the bytes of a TorchScript file (same input and output as the ONNX file).
+
+    Serialised into memory: torch.jit.save into a file on a full disk aborts the whole process (an
+    uncaught C++ exception), with a truncated file left behind."""
     with warnings.catch_warnings(), torch.no_grad():
         # torch >= 2.9 marks torch.jit deprecated; the traced file still loads in LibTorch and torch.jit.load.
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
         traced = torch.jit.trace(net, _example(size, 2))
-        traced.save(str(path))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    return buffer.getvalue()
 
 
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+def load_torchscript(source: str | Path | bytes) -> torch.jit.ScriptModule:
+    """A TorchScript network from its file or the file's bytes, on CPU."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-        return torch.jit.load(str(path), map_location="cpu")
+        where = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        return torch.jit.load(where, map_location="cpu")
 
 
-def onnx_session(path: str | Path) -> Any:
-    """An onnxruntime CPU session for an exported file."""
+def onnx_session(source: str | Path | bytes) -> Any:
+    """An onnxruntime CPU session for an exported file or the file's bytes."""
     try:
         import onnxruntime
     except ImportError as err:
         raise UserError(f"Checking the ONNX files needs onnxruntime. {INSTALL_HINT}") from err
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = source if isinstance(source, bytes) else str(source)
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session: Any, batch: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -89,11 +98,12 @@ def run_onnx(session: Any, batch: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def largest_differences(
-    net: nn.Module, onnx_file: Path, torchscript_file: Path, size: int, batches: Sequence[int] = (1, 3)
+    net: nn.Module, onnx_model: bytes, torchscript: bytes, size: int, batches: Sequence[int] = (1, 3)
 ) -> dict[str, float]:
-    """Largest absolute difference between PyTorch's output and each exported file's, on random batches of
-    the given sizes (other sizes than the one exported with: the batch axis must really be dynamic)."""
-    session, scripted = onnx_session(onnx_file), load_torchscript(torchscript_file)
+    """Largest absolute difference between PyTorch's output and each exported file's (its bytes), on random
+    batches of the given sizes (other sizes than the one exported with: the batch axis must really be
+    dynamic)."""
+    session, scripted = onnx_session(onnx_model), load_torchscript(torchscript)
     onnx_diff = script_diff = 0.0
     with torch.no_grad():
         for seed, n in enumerate(batches, start=1):
@@ -105,18 +115,26 @@ def largest_differences(
     return {"onnx_max_abs_diff": onnx_diff, "torchscript_max_abs_diff": script_diff}
 
 
-def export_network(net: nn.Module, size: int, out_dir: Path, stem: str, output_name: str) -> dict[str, Any]:
-    """ONNX and TorchScript files of one network, named <stem>.onnx and <stem>.torchscript.pt, and how
-    closely they reproduce PyTorch (record for export_record)."""
+def export_network(
+    net: nn.Module, size: int, stem: str, output_name: str
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """ONNX and TorchScript files of one network, named <stem>.onnx and <stem>.torchscript.pt, checked
+    against PyTorch before anything is written.
+
+    Returns:
+        the record for export_record (file names, opset, input, output, the checks), and the files' bytes
+        by name for covidseg.outputs.write_files.
+    """
     net = net.cpu().eval()
-    onnx_file, script_file = out_dir / f"{stem}.onnx", out_dir / f"{stem}.torchscript.pt"
-    opset = export_onnx(net, size, onnx_file, output_name)
-    export_torchscript(net, size, script_file)
-    return {
-        "onnx": onnx_file.name,
-        "torchscript": script_file.name,
+    onnx_name, script_name = f"{stem}.onnx", f"{stem}.torchscript.pt"
+    onnx_model, opset = export_onnx(net, size, output_name)
+    torchscript = export_torchscript(net, size)
+    record = {
+        "onnx": onnx_name,
+        "torchscript": script_name,
         "onnx_opset": opset,
         "input": {"name": INPUT_NAME, "shape": ["batch", 1, size, size], "dtype": "float32"},
         "output_name": output_name,
-        "checks": largest_differences(net, onnx_file, script_file, size),
+        "checks": largest_differences(net, onnx_model, torchscript, size),
     }
+    return record, {onnx_name: onnx_model, script_name: torchscript}

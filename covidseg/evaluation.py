@@ -22,6 +22,7 @@ from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.metrics import METRIC_NAMES
 from covidseg.models.classifier import Classifier
 from covidseg.models.segmenter import Segmenter
+from covidseg.outputs import write_csv
 from covidseg.plots import overlay_grid
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def test_and_write(
     metrics["classes"] = model.class_names
     metrics.update(datamodule.stats)
     metrics.update(extra)
-    rows.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(rows, out_dir / "predictions.csv")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -98,7 +99,7 @@ def test_external(
         external = evaluation_datamodule(model, data, masks=datamodule.masks)
         external.setup("test")
         scores, rows = test_split(trainer, model, external, ckpt_path)
-        rows.to_csv(out_dir / f"predictions_{folder.name}.csv", index=False)
+        write_csv(rows, out_dir / f"predictions_{folder.name}.csv")
         metrics.update({f"external/{folder.name}/{k}": v for k, v in scores.items() if k != "loss"})
         log.info("external %s: %s", folder.name, {k: round(scores[k], 4) for k in ("acc", "recall", "auroc")})
     return metrics

@@ -3,7 +3,9 @@
 Writes into its run directory (or out_dir): classifier.onnx, classifier.torchscript.pt, for segmented-input
 checkpoints segmenter.onnx and segmenter.torchscript.pt, and preprocessing.json (what to do to an image
 before the networks and with their outputs after; covidseg.export_record). Each exported file is checked
-against PyTorch on random batches; the largest differences are in preprocessing.json under `checks`.
+against PyTorch on random batches; the largest differences are in preprocessing.json under `checks`. The
+files are written together, under temporary names renamed into place at the end (covidseg.outputs): a
+failed export leaves the folder's previous files, or none, never half of one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from covidseg.errors import UserError
 from covidseg.export_record import build_record
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.models.classifier import load_classifier
+from covidseg.outputs import other_folder, output_folder, write_files
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +52,24 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"{ckpt} records no data config (image size, normalisation, input mode), so its preprocessing "
             "is unknown. Export a checkpoint written by covidseg-train."
         )
-    # Before any export: a missing segmenter must stop the job before it writes half a deployment.
+    # Before any export: a missing segmenter or an unwritable folder must stop the job at once.
     masks = segmenter_masks(record, cfg.paths.cache_dir, cfg.segmenter.ckpt_path)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fix = other_folder("out_dir")
+    out_dir = output_folder(Path(cfg.out_dir) if cfg.out_dir else run_dir(), fix)
     size = int(record["image_size"])
     log.info("Exporting classifier %s (%s, %d px) to %s", ckpt, model.hparams.backbone, size, out_dir)
-    classifier = export_network(model.net, size, out_dir, "classifier", "logits")
+    classifier, files = export_network(model.net, size, "classifier", "logits")
     segmenter = None
     if masks is not None:
         log.info("Exporting segmenter %s (%d px)", masks.ckpt_path, masks.image_size)
-        segmenter = export_network(masks.model.net, masks.image_size, out_dir, "segmenter", "lung_logits")
+        segmenter, segmenter_files = export_network(
+            masks.model.net, masks.image_size, "segmenter", "lung_logits"
+        )
+        files.update(segmenter_files)
     content = build_record(model, ckpt, file_digest(ckpt), classifier, masks, segmenter)
-    (out_dir / RECORD_FILE).write_text(json.dumps(content, indent=2))
+    files[RECORD_FILE] = json.dumps(content, indent=2).encode("utf-8")
+    # All files of this export replace the folder's older ones together, or none does.
+    write_files(out_dir, files, fix)
     checks = {
         name: part["checks"] for name, part in (("classifier", classifier), ("segmenter", segmenter)) if part
     }

@@ -36,6 +36,7 @@ from covidseg.data.store import ArrayStore, ArrayView
 from covidseg.data.transforms import resize_mask
 from covidseg.errors import UserError
 from covidseg.models.segmenter import Segmenter, load_segmenter
+from covidseg.outputs import write_csv
 from covidseg.plots import overlay_grid
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class MaskSource:
         stats = table[["path", "label", "patient_id"]].copy()
         stats["lung_area_fraction"] = area.round(4)
         stats["implausible"] = (area < self.min_area) | (area > self.max_area)
-        stats.to_csv(out_dir / "mask_stats.csv", index=False)
+        write_csv(stats, out_dir / "mask_stats.csv")
         flagged = stats[stats["implausible"]]
         if len(flagged):
             log.warning(

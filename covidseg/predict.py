@@ -31,6 +31,7 @@ from covidseg.errors import UserError
 from covidseg.explain import cam_maps
 from covidseg.masks import images_and_masks
 from covidseg.models.classifier import Classifier, load_classifier
+from covidseg.outputs import write_csv
 from covidseg.prediction import (
     check_classifier_checkpoint,
     check_options,
@@ -136,7 +137,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 )
             parts.append(rows)
     predictions = pd.concat(parts)
-    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(predictions, out_dir / "predictions.csv")
     errors = predictions["error"].notna()
     if errors.all():
         raise UserError(

@@ -24,6 +24,7 @@ from covidseg.evaluation import evaluation_datamodule
 from covidseg.explain import CAM_METHODS
 from covidseg.metrics import POSITIVE_THRESHOLD, predicted_positive
 from covidseg.models.classifier import Classifier
+from covidseg.outputs import read_csv
 from covidseg.plots import pyplot
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def _folder_images(folder: Path) -> list[Path]:
 def _csv_images(csv: Path) -> tuple[list[Path], list[str]]:
     """The files a CSV's `path` column lists (relative to the CSV's folder), and the values as written."""
     try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        table = read_csv(csv, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"inputs={csv} is not a readable CSV ({err}). {INPUTS_HINT}") from err
     if "path" not in table.columns:

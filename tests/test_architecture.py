@@ -19,7 +19,7 @@ ENTRY_POINTS = {
 }
 # What each layer may import from covidseg (besides itself); anything else is an upward import.
 LAYERS = {
-    "covidseg.data": {"covidseg.errors", "covidseg.paths", "covidseg.file_system"},
+    "covidseg.data": {"covidseg.errors", "covidseg.paths", "covidseg.file_system", "covidseg.outputs"},
     "covidseg.models": {"covidseg.errors", "covidseg.metrics", "covidseg.checkpoints", "covidseg.models"},
 }
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from covidseg.errors import UserError
+from covidseg.outputs import read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
         raise UserError(
             f"Split file {path} does not exist. Give data.split_file=<csv with path,split> or null."
         )
-    given = pd.read_csv(path, dtype=str, keep_default_na=False)
+    given = read_csv(path, dtype=str, keep_default_na=False)
     if not {"path", "split"} <= set(given.columns):
         raise UserError(f"{path} needs columns path,split; it has {list(given.columns)}.")
     bad = sorted(set(given["split"]) - set(SPLITS))
@@ -234,4 +235,4 @@ def read_split_file(path: str | Path, table: pd.DataFrame) -> pd.Series:
 def write_splits(table: pd.DataFrame, path: str | Path) -> None:
     """The run's `splits.csv`: one row per image with its split (re-usable as data.split_file)."""
     columns = ["path", "label", "patient_id", "split"]
-    table[columns].to_csv(path, index=False)
+    write_csv(table[columns], path)

@@ -19,8 +19,15 @@ from omegaconf import OmegaConf
 
 from covidseg.cli import FAILED_FILE
 from covidseg.errors import UserError
+from covidseg.outputs import write_csv
 from covidseg.report.collect import collect_jobs, compared_groups, external_sets, finished, uses_folds
-from covidseg.report.comparisons import markdown_bootstrap, markdown_paired, paired_bootstrap, paired_runs
+from covidseg.report.comparisons import (
+    markdown_bootstrap,
+    markdown_paired,
+    paired_bootstrap,
+    paired_runs,
+    unpaired_models,
+)
 from covidseg.report.figures import plot_cam_gallery, plot_confusions, plot_curves, plot_external_auroc
 from covidseg.report.jobs import job_lung_energy
 from covidseg.report.pooling import TestSet, external_tables, internal_tables, pooled_summary
@@ -34,10 +41,13 @@ from covidseg.report.sections import (
     internal_metrics_heading,
     paired_t_note,
     source_note,
+    training_settings,
+    unpaired_note,
 )
 from covidseg.report.tables import is_binary, markdown_splits, markdown_summary, source_table, summary_table
 
 log = logging.getLogger("covidseg.report")
+REPORT_FIX = "copy the sweep folder to a writable disk and run covidseg-report on the copy"
 
 
 @dataclass
@@ -77,7 +87,7 @@ def build_report(
         except UserError as err:
             log.warning("No lung energy for job %s: %s", jobs.at[index, "job"], err)
             jobs.loc[index, "lung_energy"] = math.nan
-    jobs.to_csv(sweep_dir / "results.csv", index=False)
+    write_csv(jobs, sweep_dir / "results.csv", REPORT_FIX)
     if not ok_mask.any():
         raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {FAILED_FILE}.")
     groups = compared_groups(jobs)
@@ -119,12 +129,16 @@ def _test_set_report(
     )
 
 
-def _comparison(result: TestSetReport, folds: bool, external: bool, n_boot: int) -> list[str]:
+def _comparison(
+    result: TestSetReport, folds: bool, external: bool, n_boot: int, unpaired: list[str]
+) -> list[str]:
     # What was paired: jobs (seed x fold) for the t-test; for the bootstrap, pooled seeds internally.
     t_unit, boot_unit = "Runs" if folds else "Seeds", "Runs" if folds and external else "Seeds"
     if not len(result.across):
-        return ["_No backbone has both raw and segmented (or lungs_removed) runs._", ""]
+        none = "_No model has both raw and segmented (or lungs_removed) runs._"
+        return [none, "", *unpaired_note(unpaired)]
     return [
+        *unpaired_note(unpaired),
         paired_t_note(folds, external),
         markdown_paired(result.across, t_unit),
         "",
@@ -149,6 +163,7 @@ def _report_text(
     settings = OmegaConf.load(Path(first["dir"]) / ".hydra" / "config.yaml")
     folds = int(ok["folds"].max()) if uses_folds(jobs) else None
     binary = is_binary(next(iter(internal.test_sets.values())))
+    unpaired = unpaired_models(jobs)
     split = (
         f"patient-level {folds}-fold cross-validation (data.folds={folds}; each job tests one fold)"
         if folds
@@ -157,8 +172,8 @@ def _report_text(
     parts = [
         "# covidseg comparison: raw vs lung-segmented input\n",
         f"Sweep `{sweep_dir}`: {len(jobs)} job(s), {len(ok)} finished, {len(failed)} failed. "
-        f"Classes {settings.data.classes} (positive: {settings.data.classes[-1]}), image size "
-        f"{settings.data.image_size}, {settings.trainer.max_epochs} epoch(s) max, {split}. "
+        f"Classes {settings.data.classes} (positive: {settings.data.classes[-1]}), "
+        f"{training_settings(jobs)}, {split}. "
         + (f"External test sets: {', '.join(f'`{n}`' for n in external)}. " if external else "")
         + f"Reproduce with `covidseg-report {sweep_dir}`.\n",
     ]
@@ -185,7 +200,7 @@ def _report_text(
         markdown_summary(internal.summary),
         "",
         comparison_heading(bool(folds), set(ok["input"])),
-        *_comparison(internal, bool(folds), False, n_boot),
+        *_comparison(internal, bool(folds), False, n_boot, unpaired),
     ]
     for name, result in external.items():
         parts += [
@@ -195,7 +210,7 @@ def _report_text(
             markdown_summary(result.summary, name),
             "",
             f"### Segmented − raw on `{name}`\n",
-            *_comparison(result, bool(folds), True, n_boot),
+            *_comparison(result, bool(folds), True, n_boot, unpaired),
         ]
         if result.sources:
             parts += [f"### Per source on `{name}`\n", source_note(n_boot), result.sources, ""]

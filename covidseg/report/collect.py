@@ -1,6 +1,11 @@
 """The jobs of a sweep: one row per job folder with its settings, status and metrics, and the groups
-(backbone x input) the report compares. A job is one (backbone, input, seed, fold); `fold` is empty
-without patient-level K-fold cross-validation (data.folds)."""
+(model x input) the report compares. A job is one (backbone, input, seed, fold); `fold` is empty
+without patient-level K-fold cross-validation (data.folds).
+
+A model is a backbone trained at one image size for one number of epochs (trainer.max_epochs): when the
+sweep's jobs differ in these, each (backbone, image size, epochs) is a model of its own, named so
+(`model` column, e.g. "resnet18 · 224 px"), so that jobs trained differently are never averaged together
+or paired as raw vs segmented."""
 
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
             "backbone": cfg.model.backbone,
             "input": cfg.data.input,
             "seed": int(cfg.seed),
+            "image_size": cfg.data.get("image_size"),
+            "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs", default=None),
         }
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
@@ -55,15 +62,34 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
         )
     jobs = pd.DataFrame(rows)
     jobs["folds"], jobs["fold"] = jobs["folds"].astype("Int64"), jobs["fold"].astype("Int64")
-    keys = jobs[["backbone", "input", "seed", "fold"]].fillna({"fold": -1})
+    jobs.insert(jobs.columns.get_loc("backbone") + 1, "model", model_names(jobs))
+    keys = jobs[["model", "input", "seed", "fold"]].fillna({"fold": -1})
     repeated = jobs[keys.duplicated(keep=False)]
     if len(repeated):
         raise UserError(
-            f"{sweep_dir}: jobs {list(repeated['job'])} share backbone/input/seed/fold; the report "
-            "compares backbones x input over seeds (and folds) only. Sweep other settings in separate "
-            "folders."
+            f"{sweep_dir}: jobs {list(repeated['job'])} share backbone/input/seed/fold (and image size and "
+            "epochs); the report compares backbones x input over seeds (and folds) only. Sweep other "
+            "settings in separate folders."
         )
     return jobs
+
+
+# The settings that make jobs of one backbone different models, and how a model's name shows them.
+MODEL_SETTINGS = {"image_size": "{} px", "max_epochs": "{} epochs"}
+
+
+def differing_settings(jobs: pd.DataFrame) -> list[str]:
+    """The MODEL_SETTINGS in which the sweep's jobs differ."""
+    return [s for s in MODEL_SETTINGS if jobs[s].astype(str).nunique() > 1]
+
+
+def model_names(jobs: pd.DataFrame) -> list[str]:
+    """Each job's model: its backbone, followed by its image size and epochs where the jobs differ in them."""
+    differing = differing_settings(jobs)
+    return [
+        " · ".join([str(job["backbone"]), *(MODEL_SETTINGS[s].format(job[s]) for s in differing)])
+        for _, job in jobs.iterrows()
+    ]
 
 
 def _job_key(name: str) -> tuple[int, str]:
@@ -76,9 +102,9 @@ def finished(jobs: pd.DataFrame) -> pd.DataFrame:
     return jobs[jobs["status"] == "ok"]
 
 
-def select_jobs(ok: pd.DataFrame, backbone: str, input_: str) -> pd.DataFrame:
-    """The jobs (one per seed, or per seed and fold) of one backbone x input."""
-    return ok[(ok["backbone"] == backbone) & (ok["input"] == input_)]
+def select_jobs(ok: pd.DataFrame, model: str, input_: str) -> pd.DataFrame:
+    """The jobs (one per seed, or per seed and fold) of one model (model_names) x input."""
+    return ok[(ok["model"] == model) & (ok["input"] == input_)]
 
 
 def run_key(job: pd.Series) -> tuple[int, int]:
@@ -103,8 +129,8 @@ def external_sets(jobs: pd.DataFrame) -> list[str]:
 
 
 def compared_groups(jobs: pd.DataFrame) -> list[tuple[str, str]]:
-    """(backbone, input) of the groups with a finished job: backbones in sweep order, then INPUT_ORDER."""
+    """(model, input) of the groups with a finished job: models in sweep order, then INPUT_ORDER."""
     ok = finished(jobs)
-    backbones = list(dict.fromkeys(ok["backbone"]))
+    models = list(dict.fromkeys(ok["model"]))
     inputs = [i for i in INPUT_ORDER if i in set(ok["input"])]
-    return [(b, i) for b in backbones for i in inputs if len(select_jobs(ok, b, i))]
+    return [(m, i) for m in models for i in inputs if len(select_jobs(ok, m, i))]

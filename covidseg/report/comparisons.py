@@ -1,6 +1,8 @@
-"""Does segmentation help? Every other input against raw for the same backbone, paired twice: over runs
+"""Does segmentation help? Every other input against raw for the same model, paired twice: over runs
 (a paired t-test over the jobs that share a seed, and with folds a fold: the same split and
-initialisation) and over test patients (a paired patient bootstrap pooled over the runs' predictions)."""
+initialisation) and over test patients (a paired patient bootstrap pooled over the runs' predictions).
+A model is a backbone at one image size and number of epochs (collect.model_names): jobs trained at other
+settings are not paired, and unpaired_models names them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pandas as pd
 
 from covidseg.errors import UserError
 from covidseg.metrics import DISPLAY_NAMES, METRIC_NAMES
-from covidseg.report.collect import finished, run_key, select_jobs
+from covidseg.report.collect import differing_settings, finished, run_key, select_jobs
 from covidseg.report.pooling import TestSet
 from covidseg.report.tables import (
     BOOT_SEED,
@@ -33,7 +35,7 @@ def paired_runs(jobs: pd.DataFrame, name: str | None = None) -> pd.DataFrame:
     metrics = [(prefix + m, DISPLAY_NAMES[m]) for m in METRIC_NAMES]
     metrics += [LUNG_ENERGY] if name is None else []
     rows = []
-    for backbone in dict.fromkeys(ok["backbone"]):
+    for backbone in dict.fromkeys(ok["model"]):
         raw = {run_key(r): r for _, r in select_jobs(ok, backbone, "raw").iterrows()}
         for input_ in COMPARED_INPUTS:
             other = {run_key(r): r for _, r in select_jobs(ok, backbone, input_).iterrows()}
@@ -47,6 +49,25 @@ def paired_runs(jobs: pd.DataFrame, name: str | None = None) -> pd.DataFrame:
                 if result["n"]:
                     rows.append({"backbone": backbone, "input": input_, "metric": label, **result})
     return pd.DataFrame(rows)
+
+
+def unpaired_models(jobs: pd.DataFrame) -> list[str]:
+    """Report lines naming, per backbone and compared input, the raw and compared models left without a
+    partner of the same image size and epochs, hence not paired; none when the jobs share both."""
+    if not differing_settings(jobs):
+        return []
+    ok = finished(jobs)
+    lines = []
+    for backbone in dict.fromkeys(ok["backbone"]):
+        mine = ok[ok["backbone"] == backbone]
+        raw = set(mine.loc[mine["input"] == "raw", "model"])
+        for input_ in COMPARED_INPUTS:
+            other = set(mine.loc[mine["input"] == input_, "model"])
+            alone = [f"`{m}` raw" for m in sorted(raw - other)]
+            alone += [f"`{m}` {input_}" for m in sorted(other - raw)]
+            if raw and other and alone:
+                lines.append(f"- {backbone}, {input_} − raw: {', '.join(alone)}")
+    return lines
 
 
 def paired_bootstrap(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,12 @@ def epoch_curves(job_dir: Path) -> pd.DataFrame | None:
 
 
 def plot_curves(jobs: pd.DataFrame, out_dir: Path) -> list[str]:
-    """curves.png (all backbones) and curves_<backbone>.png: mean over runs (seeds, folds), band ±1 std."""
+    """curves.png (all models) and curves_<model>.png: mean over runs (seeds, folds), band ±1 std. A model is
+    its backbone, with its image size and epochs where the sweep's jobs differ in them (collect.model_names),
+    written into the file name with _ for what a file name should not hold."""
     plt = pyplot()
     ok = finished(jobs)
-    backbones = list(dict.fromkeys(ok["backbone"]))
+    backbones = list(dict.fromkeys(ok["model"]))
     panels = [("acc", "accuracy"), ("loss", "loss")]
     written = []
 
@@ -68,7 +71,7 @@ def plot_curves(jobs: pd.DataFrame, out_dir: Path) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
         draw(axes[0], backbone)
         fig.tight_layout()
-        name = f"curves_{backbone}.png"
+        name = "curves_" + re.sub(r"[^\w.-]+", "_", backbone) + ".png"
         fig.savefig(out_dir / name, dpi=100)
         plt.close(fig)
         written.append(name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidseg.errors import UserError
+from covidseg.outputs import read_csv
 from covidseg.report.collect import run_key, select_jobs
 
 SIZE_COLUMNS = ("n_train", "n_val", "n_test")
@@ -41,7 +42,7 @@ def read_predictions(job: pd.Series, name: str | None) -> pd.DataFrame:
             f"{path} is missing although job {job['job']} finished; rerun that job "
             "(covidseg-train writes it next to metrics.json)."
         )
-    return pd.read_csv(path)
+    return read_csv(path)
 
 
 def external_tables(jobs: pd.DataFrame, backbone: str, input_: str, name: str) -> TestSet:

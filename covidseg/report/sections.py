@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from covidseg.report.collect import MODEL_SETTINGS, differing_settings
 from covidseg.report.pooling import TestSet
 
 THRESHOLD_NOTE = (
@@ -28,6 +29,35 @@ def _multiclass_note(binary: bool) -> str:
         " With more than two classes only accuracy is bootstrapped; the macro-averaged metrics show the "
         "mean ± std of what each job logged, without an interval."
     )
+
+
+def training_settings(jobs: pd.DataFrame) -> str:
+    """The image size and epochs of the sweep's jobs for the report's first paragraph; where the jobs differ
+    in them, that they do and that each setting makes a model of its own."""
+    sizes, epochs = (" / ".join(map(str, dict.fromkeys(jobs[s]))) for s in MODEL_SETTINGS)
+    text = f"image size {sizes}, {epochs} epoch(s) max"
+    differing = differing_settings(jobs)
+    if not differing:
+        return text
+    what = " and ".join({"image_size": "image size", "max_epochs": "epochs"}[s] for s in differing)
+    example = jobs["model"].iloc[0]
+    return (
+        f"{text} (**the jobs differ in {what}**: each backbone at each of these settings is a model of its "
+        f"own, named so, e.g. `{example}`, and only the raw and segmented jobs of one model are paired)"
+    )
+
+
+def unpaired_note(lines: list[str]) -> list[str]:
+    """The comparison's note on models left unpaired (comparisons.unpaired_models); nothing without any."""
+    if not lines:
+        return []
+    return [
+        "Not paired: these raw and compared jobs of one backbone were trained at another image size or "
+        "number of epochs than any job of the other input, so their difference would mix the two; compare "
+        "their rows in the table above with that in mind.\n",
+        *lines,
+        "",
+    ]
 
 
 def internal_metrics_heading(folds: bool) -> str:
