@@ -23,7 +23,7 @@ import torch
 from torch.utils.serialization import config
 
 from covidseg import checkpoints
-from covidseg.checkpoint_writer import AtomicCheckpointIO
+from covidseg.checkpoints import AtomicCheckpointIO
 
 
 def resnet18_checkpoint() -> dict:

@@ -24,7 +24,7 @@ from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 from torchmetrics import MetricCollection
 
-from covidseg import checkpoint_writer
+from covidseg.checkpoints import AtomicCheckpointIO
 from covidseg.models import classifier
 
 TIMES: dict[str, list[float]] = collections.defaultdict(list)
@@ -62,7 +62,7 @@ def report() -> None:
 
 
 def install() -> None:
-    Classifier, Writer = classifier.Classifier, checkpoint_writer.AtomicCheckpointIO
+    Classifier, Writer = classifier.Classifier, AtomicCheckpointIO
     timed(Classifier, "on_validation_epoch_end", "Classifier.on_validation_epoch_end", sync_first=True)
     timed(Classifier, "on_train_epoch_end", "Classifier.on_train_epoch_end", sync_first=True)
     timed(Classifier, "_end_epoch", "Classifier._end_epoch")

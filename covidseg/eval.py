@@ -9,9 +9,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from covidseg.cli import hydra_entry, run_dir
-from covidseg.evaluation import evaluation_datamodule, test_and_write
+from covidseg.inference.evaluation import evaluate_and_write, evaluation_datamodule
 from covidseg.models.classifier import load_classifier
+from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": (model.hparams.data_config or {}).get("seed"),
         "evaluated_split": cfg.data.split,
     }
-    metrics = test_and_write(trainer, model, datamodule, run_dir(), None, extra)
+    metrics = evaluate_and_write(trainer, model, datamodule, run_dir(), None, extra)
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
     log.info("Wrote %s", run_dir() / "metrics.json")
     return metrics

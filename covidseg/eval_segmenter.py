@@ -8,10 +8,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from covidseg.cli import hydra_entry, run_dir
-from covidseg.data.lung_masks import LungMaskDataModule
-from covidseg.evaluation import test_segmenter
+from covidseg.data.segmentation import LungMaskDataModule
+from covidseg.inference.evaluation import evaluate_segmenter_and_write
 from covidseg.models.segmenter import load_segmenter
+from covidseg.runs.job import hydra_entry, run_dir
 
 
 def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer)
     extra = {"ckpt_path": str(cfg.ckpt_path), "data_root": str(cfg.data.root)}
-    return test_segmenter(trainer, model, datamodule, run_dir(), None, cfg.overlays, extra)
+    return evaluate_segmenter_and_write(trainer, model, datamodule, run_dir(), None, cfg.overlays, extra)
 
 
 main = hydra_entry("eval_segmenter", evaluate_segmenter)

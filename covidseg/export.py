@@ -2,7 +2,7 @@
 
 Writes into its run directory (or out_dir): classifier.onnx, classifier.torchscript.pt, for segmented-input
 checkpoints segmenter.onnx and segmenter.torchscript.pt, and preprocessing.json (what to do to an image
-before the networks and with their outputs after; covidseg.export_record). Each exported file is checked
+before the networks and with their outputs after; covidseg.deploy.record). Each exported file is checked
 against PyTorch on random batches; the largest differences are in preprocessing.json under `checks`. The
 files are written together, under temporary names renamed into place at the end (covidseg.outputs): a
 failed export leaves the folder's previous files, or none, never half of one.
@@ -17,14 +17,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from covidseg.cli import hydra_entry, run_dir
 from covidseg.data.images import file_digest
-from covidseg.deployment import export_network
+from covidseg.deploy.networks import export_network
+from covidseg.deploy.record import build_record
 from covidseg.errors import UserError
-from covidseg.export_record import build_record
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.models.classifier import load_classifier
 from covidseg.outputs import other_folder, output_folder, write_files
+from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE_DIR / "conf"  # package data: a wheel carries it, so every entry point finds its configs
 _PROJECT_NAME = re.compile(r"""^name\s*=\s*["']covidseg["']""", re.MULTILINE)
 
 
@@ -24,6 +23,16 @@ def source_checkout() -> Path | None:
         return root if _PROJECT_NAME.search(pyproject.read_text(encoding="utf-8")) else None
     except OSError:  # no pyproject.toml beside the package: site-packages or a --target folder
         return None
+
+
+def _conf_dir() -> Path:
+    """The Hydra configs: `conf/` at the top of a source checkout, which pyproject.toml ships inside the
+    wheel as `covidseg/conf/` (package-dir), so an installed package finds them beside its modules."""
+    packaged = PACKAGE_DIR / "conf"
+    if packaged.is_dir():
+        return packaged
+    checkout = source_checkout()
+    return checkout / "conf" if checkout is not None else packaged
 
 
 def data_dir() -> Path:
@@ -54,6 +63,9 @@ def missing_data_hint() -> str:
         f"Give data.root=<dataset folder>, or set COVIDSEG_DATA_DIR to the folder holding the data sets "
         f"(the data folder now is {data_dir()}, {data_dir_origin()})."
     )
+
+
+CONF_DIR = _conf_dir()
 
 
 def cache_dir() -> Path:

@@ -23,16 +23,11 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
-from covidseg.cli import hydra_entry, run_dir
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset, model_input
-from covidseg.divergence import check_finite_outputs
 from covidseg.errors import UserError
-from covidseg.explain import cam_maps
-from covidseg.masks import images_and_masks
-from covidseg.models.classifier import Classifier, load_classifier
-from covidseg.outputs import write_csv
-from covidseg.prediction import (
+from covidseg.explain.gradcam import cam_maps
+from covidseg.inference.prediction import (
     check_classifier_checkpoint,
     check_options,
     collect_inputs,
@@ -40,6 +35,11 @@ from covidseg.prediction import (
     prediction_rows,
     save_overlay,
 )
+from covidseg.masks import images_and_masks
+from covidseg.models.classifier import Classifier, load_classifier
+from covidseg.models.divergence import check_finite_outputs
+from covidseg.outputs import write_csv
+from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 Run directory: .hydra/config.yaml, splits.csv, checkpoints/{best,last}.ckpt, metrics.json,
 predictions.csv (test split), lung_energy.json + cam_gallery.npz (for covidseg-report), csv/metrics.csv
 (per-epoch curves), wandb/ (if enabled).
-resume=true with the same hydra.run.dir continues an interrupted run from last.ckpt (covidseg.resume).
+resume=true with the same hydra.run.dir continues an interrupted run from last.ckpt
+(covidseg.runs.resume_plan).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from covidseg.cli import RESOLVED_CONFIG, hydra_entry, in_multirun, run_dir
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
-from covidseg.evaluation import test_and_write, test_external
-from covidseg.job_cams import write_job_cams
+from covidseg.explain.job_arrays import write_job_cams
+from covidseg.inference.evaluation import evaluate_and_write, evaluate_external
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
-from covidseg.objective import check_optimized_metric, objective
-from covidseg.resume import check_same_data, checkpoint_to_resume
-from covidseg.training import fit_and_evaluate
+from covidseg.runs.fit import fit_and_evaluate
+from covidseg.runs.job import RESOLVED_CONFIG, hydra_entry, in_multirun, run_dir
+from covidseg.runs.objective import check_optimized_metric, objective
+from covidseg.runs.resume_plan import check_same_data, checkpoint_to_resume
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "optimized_metric": cfg.get("optimized_metric"),
         }
         if datamodule.external:
-            extra.update(test_external(trainer, model, datamodule, out_dir, best))
-        metrics = test_and_write(trainer, model, datamodule, out_dir, best, extra)
+            extra.update(evaluate_external(trainer, model, datamodule, out_dir, best))
+        metrics = evaluate_and_write(trainer, model, datamodule, out_dir, best, extra)
         leave_cams_for_report(cfg, out_dir, model, datamodule, masks)
         return metrics
 
@@ -121,7 +122,7 @@ def leave_cams_for_report(
 
 
 def train_objective(cfg: DictConfig) -> float | None:
-    """What a sweeper sees of a run: its `optimized_metric` (covidseg.objective)."""
+    """What a sweeper sees of a run: its `optimized_metric` (covidseg.runs.objective)."""
     return objective(train(cfg), cfg.get("optimized_metric"))
 
 

@@ -8,11 +8,11 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from covidseg.cli import hydra_entry, run_dir
-from covidseg.data.lung_masks import LungMaskDataModule
-from covidseg.evaluation import test_segmenter
+from covidseg.data.segmentation import LungMaskDataModule
+from covidseg.inference.evaluation import evaluate_segmenter_and_write
 from covidseg.models.segmenter import Segmenter
-from covidseg.training import fit_and_evaluate
+from covidseg.runs.fit import fit_and_evaluate
+from covidseg.runs.job import hydra_entry, run_dir
 
 
 def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
 
     def evaluate(trainer: L.Trainer, best: str | None, fit_info: dict[str, Any]) -> dict[str, Any]:
         extra = {**fit_info, "seed": int(cfg.seed)}
-        return test_segmenter(trainer, model, datamodule, out_dir, best, cfg.overlays, extra)
+        return evaluate_segmenter_and_write(trainer, model, datamodule, out_dir, best, cfg.overlays, extra)
 
     return fit_and_evaluate(cfg, model, datamodule, cfg.group, tags, evaluate)
 

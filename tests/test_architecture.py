@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import tomllib
 
 PACKAGE = Path(__file__).resolve().parents[1] / "covidseg"
 ENTRY_POINTS = {
@@ -17,10 +18,22 @@ ENTRY_POINTS = {
     "covidseg.export",
     "covidseg.report.build",
 }
+# The package root holds the commands and the two things every layer needs; everything else is in a folder.
+ROOT_MODULES = ENTRY_POINTS - {"covidseg.report.build"} | {"covidseg", "covidseg.errors", "covidseg.paths"}
 # What each layer may import from covidseg (besides itself); anything else is an upward import.
+BASE = {"covidseg.errors", "covidseg.paths"}
 LAYERS = {
-    "covidseg.data": {"covidseg.errors", "covidseg.paths", "covidseg.file_system", "covidseg.outputs"},
-    "covidseg.models": {"covidseg.errors", "covidseg.metrics", "covidseg.checkpoints", "covidseg.models"},
+    "covidseg.outputs": BASE,
+    "covidseg.data": BASE | {"covidseg.outputs"},
+    # A checkpoint's weights and recorded preprocessing are checked with the training-time rules.
+    "covidseg.checkpoints": BASE | {"covidseg.models.divergence", "covidseg.runs.checks"},
+    "covidseg.models": BASE | {"covidseg.checkpoints"},
+    "covidseg.stats": BASE | {"covidseg.models.metrics"},
+    "covidseg.masks": BASE
+    | {"covidseg.data", "covidseg.models", "covidseg.outputs", "covidseg.inference.overlays"},
+    "covidseg.explain": BASE | {"covidseg.data", "covidseg.models", "covidseg.masks"},
+    "covidseg.deploy": BASE
+    | {"covidseg.data", "covidseg.models", "covidseg.masks", "covidseg", "covidseg.outputs"},
 }
 
 
@@ -77,10 +90,43 @@ def test_entry_points_import_no_other_entry_point():
 
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_lower_layers_do_not_import_upper_ones(layer):
+    def allowed(name: str) -> bool:
+        return any(name == a or name.startswith(a + ".") for a in LAYERS[layer] - {"covidseg"}) or (
+            name == "covidseg" and "covidseg" in LAYERS[layer]
+        )
+
     for module, deps in GRAPH.items():
         if module == layer or module.startswith(layer + "."):
             upward = {resolve(d) for d in deps if not (d == layer or d.startswith(layer + "."))}
-            assert upward <= LAYERS[layer], f"{module} imports {upward - LAYERS[layer]}"
+            assert all(allowed(d) for d in upward), (
+                f"{module} imports {sorted(d for d in upward if not allowed(d))}"
+            )
+
+
+def test_the_package_root_holds_only_the_commands_errors_and_paths():
+    root = {m for m in GRAPH if m.count(".") <= 1 and not (PACKAGE / m.split(".")[-1]).is_dir()}
+    assert root == ROOT_MODULES, f"unexpected root modules: {sorted(root - ROOT_MODULES)}"
+
+
+def test_every_folder_of_the_package_is_listed_in_pyproject():
+    """pyproject.toml lists packages (conf/ is mapped into the package), so a new folder must be added."""
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("*.py")}
+    assert folders <= listed, f"not in pyproject.toml's packages: {sorted(folders - listed)}"
+
+
+def test_no_library_function_is_named_like_a_test():
+    """pytest collects functions named test_* from any module a test imports."""
+    named = [
+        f"{module}.{node.name}"
+        for path in PACKAGE.rglob("*.py")
+        for module in [module_name(path)]
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test")
+    ]
+    assert not named, named
 
 
 def test_no_module_over_350_lines():

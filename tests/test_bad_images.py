@@ -21,11 +21,11 @@ from covidseg.data import file_index
 from covidseg.data.decoding import DECODED, decode
 from covidseg.data.file_index import FileIndex
 from covidseg.data.images import ImageCache
-from covidseg.data.lung_masks import LungMaskDataModule
+from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.data.split import SPLITS
 from covidseg.data.store import ArrayStore
 from covidseg.errors import UserError
-from covidseg.prediction import collect_inputs
+from covidseg.inference.prediction import collect_inputs
 from tests.conftest import make_dataset, run_cli_refused
 from tests.dicom_files import write_dicom
 from tests.test_bad_inputs import _datamodule, _edit_csv, _warnings, check_refused_or_skipped

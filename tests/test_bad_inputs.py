@@ -19,7 +19,6 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from covidseg.config_checks import check_config
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.images import MIN_SIDE, ImageCache
 from covidseg.data.manifest import load_manifest, read_manifest
@@ -27,6 +26,7 @@ from covidseg.data.selection import select_classes, stratified_subset
 from covidseg.data.split import SPLITS, check_classes_in_splits, split_by_patient
 from covidseg.errors import UserError
 from covidseg.paths import CONF_DIR, register_resolvers
+from covidseg.runs.checks import check_config
 from tests.conftest import make_dataset, run_cli_refused
 
 register_resolvers()

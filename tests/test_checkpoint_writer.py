@@ -1,4 +1,4 @@
-"""covidseg.checkpoint_writer: checkpoints written atomically, once per content, in the background on
+"""covidseg.checkpoints: checkpoints written atomically, once per content, in the background on
 accelerators, onto the memory of the file they replace."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from covidseg.checkpoint_writer import AtomicCheckpointIO
-from covidseg.checkpoints import read_checkpoint
+from covidseg.checkpoints import AtomicCheckpointIO, read_checkpoint
 
 HINT = "Train one first."
 
@@ -114,7 +113,7 @@ def test_cpu_checkpoints_are_written_in_line(tmp_path, monkeypatch):
     def no_thread(*args, **kwargs):
         pytest.fail("no thread for CPU weights")
 
-    monkeypatch.setattr("covidseg.checkpoint_writer.ThreadPoolExecutor", no_thread)
+    monkeypatch.setattr("covidseg.checkpoints._write.ThreadPoolExecutor", no_thread)
     io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, path)
     assert read_checkpoint(path, HINT)["epoch"] == 1  # on disk when save_checkpoint returns
 

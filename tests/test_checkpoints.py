@@ -16,8 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from covidseg.checkpoint_writer import AtomicCheckpointIO
-from covidseg.checkpoints import load_module, read_checkpoint
+from covidseg.checkpoints import AtomicCheckpointIO, load_module, read_checkpoint
 from covidseg.errors import UserError
 from covidseg.models.classifier import Classifier, load_classifier
 from covidseg.models.segmenter import Segmenter, load_segmenter
@@ -115,7 +114,7 @@ def fit(
     `background=True` writes the checkpoints as covidseg does on a GPU."""
     cfg.paths.output_dir = str(out)
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
-    # The segmenter config has no early stopping; add one as in covidseg/conf/callbacks/early_stopping.yaml.
+    # The segmenter config has no early stopping; add one as in conf/callbacks/early_stopping.yaml.
     stopping = (
         instantiate(cfg.callbacks.early_stopping)
         if "early_stopping" in cfg.callbacks
@@ -132,7 +131,7 @@ def fit(
         max_epochs=1,
         logger=instantiate(cfg.logger.csv),
         callbacks=[checkpoint, stopping, *last],
-        plugins=[AtomicCheckpointIO(background=background)],  # as covidseg.training builds its trainers
+        plugins=[AtomicCheckpointIO(background=background)],  # as covidseg.runs.fit builds its trainers
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

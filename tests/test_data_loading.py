@@ -103,7 +103,7 @@ def test_evaluation_accepts_a_data_set_without_some_classes(tmp_path):
 
 
 def test_lung_masks_in_0_1_or_0_255_and_empty_masks(tmp_path):
-    from covidseg.data.lung_masks import LungMaskDataModule
+    from covidseg.data.segmentation import LungMaskDataModule
 
     (tmp_path / "m").mkdir()
     rows = []

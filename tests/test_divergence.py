@@ -1,5 +1,7 @@
-"""A diverged model is an error, not a result (covidseg.divergence), and values and override typos are refused
-before any work with one line naming the option and the fix (covidseg.config_checks, covidseg.overrides)."""
+"""A diverged model is an error, not a result (covidseg.models.divergence), and values and override typos
+are refused
+before any work with one line naming the option and the fix (covidseg.runs.checks,
+covidseg.runs.overrides)."""
 
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf, open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
-from covidseg.config_checks import check_config
-from covidseg.divergence import DivergenceCheck, check_finite_outputs, non_finite
 from covidseg.errors import UserError
 from covidseg.models.classifier import Classifier, load_classifier
+from covidseg.models.divergence import DivergenceCheck, check_finite_outputs, non_finite
 from covidseg.models.segmenter import Segmenter, load_segmenter
-from covidseg.overrides import check_command_line
 from covidseg.paths import CONF_DIR, register_resolvers
+from covidseg.runs.checks import check_config
+from covidseg.runs.overrides import check_command_line
 from tests.conftest import make_dataset, run_cli, run_cli_refused
 
 register_resolvers()

@@ -1,4 +1,4 @@
-"""covidseg.explain: lung energy by hand, automatic Grad-CAM layers for timm backbones, CAM maps."""
+"""covidseg.explain.gradcam: lung energy by hand, automatic Grad-CAM layers for timm backbones, CAM maps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from covidseg.explain import cam_maps, find_target_layer, lung_energy, resolve_target_layer
+from covidseg.explain.gradcam import cam_maps, find_target_layer, lung_energy, resolve_target_layer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,12 +124,13 @@ def test_cam_maps_multiclass_and_named_layer():
 
 
 def test_job_cams_do_not_depend_on_how_many_images_a_pass_takes():
-    """covidseg.job_cams runs Grad-CAM in passes of half a training batch (memory): every image's map,
+    """covidseg.explain.job_arrays runs Grad-CAM in passes of half a training batch (memory): every image's
+    map,
     probability and lung energy are the same whatever the batch size."""
     from types import SimpleNamespace
 
     from covidseg.data.datasets import ArrayDataset
-    from covidseg.job_cams import cam_batch, gallery_arrays, lung_energy_summary
+    from covidseg.explain.job_arrays import cam_batch, gallery_arrays, lung_energy_summary
     from covidseg.models.classifier import Classifier
 
     torch.manual_seed(0)

@@ -16,8 +16,8 @@ from covidseg.data.datasets import model_input
 from covidseg.data.images import decode
 from covidseg.data.intensity import equalize
 from covidseg.data.transforms import apply_masks, resize_mask
-from covidseg.deployment import load_torchscript, onnx_session, run_onnx
-from covidseg.evaluation import evaluation_datamodule
+from covidseg.deploy.networks import load_torchscript, onnx_session, run_onnx
+from covidseg.inference.evaluation import evaluation_datamodule
 from covidseg.models.classifier import load_classifier
 from covidseg.models.segmenter import load_segmenter, postprocess
 from covidseg.paths import cache_dir

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from covidseg.config_checks import check_config
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.manifest import load_manifest
 from covidseg.data.selection import select_classes
 from covidseg.data.split import assign_folds, check_no_leakage, fold_by_patient
 from covidseg.errors import UserError
+from covidseg.runs.checks import check_config
 from tests.conftest import make_dataset, read_metrics, run_cli, run_cli_refused
 
 RATIOS = {"train": 0.7, "test": 0.2, "val": 0.1}

@@ -8,12 +8,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from covidseg.config_checks import check_config
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.images import ImageCache, decode
 from covidseg.data.intensity import equalize
 from covidseg.errors import UserError
 from covidseg.masks import MaskSource
+from covidseg.runs.checks import check_config
 from tests.conftest import make_dataset
 
 

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from covidseg import objective as objective_module
 from covidseg.errors import UserError
-from covidseg.objective import check_optimized_metric, failed_value, objective
 from covidseg.paths import CONF_DIR, register_resolvers
+from covidseg.runs import objective as objective_module
+from covidseg.runs.objective import check_optimized_metric, failed_value, objective
 from tests.conftest import run_cli
 
 register_resolvers()

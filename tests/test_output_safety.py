@@ -24,10 +24,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from covidseg import outputs
-from covidseg.checkpoint_writer import AtomicCheckpointIO
-from covidseg.checkpoints import read_checkpoint
+from covidseg.checkpoints import AtomicCheckpointIO, read_checkpoint
 from covidseg.data.split import read_split_file, write_splits
-from covidseg.deployment import load_torchscript
+from covidseg.deploy.networks import load_torchscript
 from covidseg.errors import UserError
 from covidseg.export import RECORD_FILE, export
 from covidseg.models.classifier import Classifier, load_classifier
@@ -353,7 +352,7 @@ def test_predictions_csv_quotes_formula_paths_and_reads_back_as_inputs(classifie
     predictions = read_csv(run / "predictions.csv")
     assert list(predictions["path"]) == names and predictions["error"].isna().all()
     # predictions.csv beside the images works as the next run's inputs: its paths read back as written
-    from covidseg.prediction import collect_inputs
+    from covidseg.inference.prediction import collect_inputs
 
     (images / "again.csv").write_bytes((run / "predictions.csv").read_bytes())
     files, shown = collect_inputs(str(images / "again.csv"))

@@ -135,7 +135,7 @@ def test_wheel_carries_every_config(wheel):
         f"covidseg/{p.relative_to(paths.PACKAGE_DIR).as_posix()}" for p in paths.CONF_DIR.rglob("*.yaml")
     }
     assert len(configs) > 20 and configs <= names, sorted(configs - names)
-    assert "covidseg/conf/hydra/launcher/slurm.yaml" in names  # nested two levels down
+    assert "conf/hydra/launcher/slurm.yaml" in names  # nested two levels down
     assert not any(name.startswith(("tests/", "conf/", "scripts/")) for name in names)
 
 

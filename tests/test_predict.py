@@ -12,14 +12,14 @@ from PIL import Image
 
 from covidseg.data.images import file_digest
 from covidseg.errors import UserError
-from covidseg.masks import trained_mask_source
-from covidseg.models.segmenter import Segmenter
-from covidseg.prediction import (
+from covidseg.inference.prediction import (
     check_classifier_checkpoint,
     check_options,
     collect_inputs,
     predicted_classes,
 )
+from covidseg.masks import trained_mask_source
+from covidseg.models.segmenter import Segmenter
 from tests.conftest import run_cli
 from tests.dicom_files import write_dicom
 

@@ -1,4 +1,4 @@
-"""Training recipes (covidseg/conf/recipe): the study's, the stable one, weight EMA; single-class epochs."""
+"""Training recipes (conf/recipe): the study's, the stable one, weight EMA; single-class epochs."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from covidseg import stats
 from covidseg.errors import UserError
-from covidseg.metrics import METRIC_NAMES
+from covidseg.models.metrics import METRIC_NAMES
 from covidseg.report import build_report
 from covidseg.report.collect import collect_jobs
 from covidseg.report.pooling import internal_tables

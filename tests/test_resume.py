@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from covidseg.checkpoints import read_checkpoint
-from covidseg.resume import config_differences, finished_metrics, plan_resume
-from covidseg.resume_state import ResumableState, capture_random_state, restore_random_state
+from covidseg.runs.resume_callback import ResumableState, capture_random_state, restore_random_state
+from covidseg.runs.resume_plan import config_differences, finished_metrics, plan_resume
 from tests.conftest import BIN, REPO, read_metrics, run_cli
 
 TINY = ["data.limit=60", "data.image_size=64", "data.batch_size=16", "logger=csv", "callbacks=none"]

@@ -23,12 +23,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import covidseg.cli as cli
 import covidseg.data.file_index as file_index
 import covidseg.data.store as store
+import covidseg.runs.job as cli
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
-from covidseg.resume import (
+from covidseg.runs.folder_lock import LOCK_FILE, RunFolderLock, RunFolders, _checked
+from covidseg.runs.resume_plan import (
     RUN_RECORD_KEY,
     ResumeMismatch,
     check_same_data,
@@ -36,12 +37,11 @@ from covidseg.resume import (
     data_record,
     plan_resume,
 )
-from covidseg.run_folder import LOCK_FILE, RunFolderLock, RunFolders, _checked
 from tests.conftest import REPO, make_dataset, run_cli, run_cli_refused
 
 HOLD = """
 import sys
-from covidseg.run_folder import RunFolderLock
+from covidseg.runs.folder_lock import RunFolderLock
 with RunFolderLock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()  # until the test closes stdin, or kills this process

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from covidseg import stats
-from covidseg.metrics import METRIC_NAMES, POSITIVE_THRESHOLD, predicted_positive
+from covidseg.models.metrics import METRIC_NAMES, POSITIVE_THRESHOLD, predicted_positive
 
 
 def test_mean_ci_hand_computed():

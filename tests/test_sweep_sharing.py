@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-import covidseg.masks as masks_module
+import covidseg.masks._source as masks_module
 from covidseg.masks import mask_source
 
 

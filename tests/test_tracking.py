@@ -1,4 +1,4 @@
-from covidseg.tracking import wandb_mode
+from covidseg.runs.tracking import wandb_mode
 
 
 def test_wandb_is_offline_without_credentials_and_env_wins(monkeypatch, tmp_path):

@@ -117,7 +117,7 @@ class CXRDataModule(ArrayDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         # A covidseg.masks.MaskSource (any object with masks_for/stats), unless input == raw.
         self.masks = masks
-        # Other hospitals' data sets, tested after training (covidseg.evaluation), never trained on.
+        # Other hospitals' data sets, tested after training (covidseg.inference.evaluation), never trained on.
         self.external = [Path(f) for f in external or ()]
         self.table: pd.DataFrame | None = None
         self.stats: dict[str, Any] = {}

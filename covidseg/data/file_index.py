@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
-from covidseg.file_system import folder_faults
+from covidseg.outputs import folder_faults
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS files (
     trusted INTEGER, digest TEXT, width INTEGER, height INTEGER)"""
 
 Probe = Callable[[str, bytes], tuple[int, int]]
-# The way out of a read-only or full cache folder (covidseg.file_system); the cache only holds what covidseg
+# The way out of a read-only or full cache folder (covidseg.outputs); the cache only holds what covidseg
 # can compute again, so another folder costs one cold start.
 CACHE_ALTERNATIVE = (
     "set COVIDSEG_CACHE_DIR (or paths.cache_dir=...) to a writable folder with free space (the cache is "
@@ -51,7 +51,7 @@ CACHE_ALTERNATIVE = (
 
 
 def cache_faults(folder: Path) -> AbstractContextManager[None]:
-    """A read-only, full or misplaced cache folder as a UserError naming it (covidseg.file_system)."""
+    """A read-only, full or misplaced cache folder as a UserError naming it (covidseg.outputs)."""
     return folder_faults("write the cache folder", folder, CACHE_ALTERNATIVE)
 
 

@@ -29,7 +29,7 @@ def equalize(image: np.ndarray, mode: str = "none", clahe_clip: float = 2.0) -> 
 
 
 def check_equalize(mode: str, clahe_clip: float) -> None:
-    """data.equalize and data.clahe_clip (covidseg.config_checks runs the same rules on the config)."""
+    """data.equalize and data.clahe_clip (covidseg.runs.checks runs the same rules on the config)."""
     check_equalize_mode("data.equalize", mode)
     check_clahe_clip("data.clahe_clip", clahe_clip)
 

@@ -60,7 +60,7 @@ def _patient_labels(table: pd.DataFrame) -> pd.Series:
 
 
 def check_folds(folds: int | None, fold: int | None) -> None:
-    """data.folds (null, or K >= 2) and data.fold (0..K-1); covidseg.config_checks runs this on configs."""
+    """data.folds (null, or K >= 2) and data.fold (0..K-1); covidseg.runs.checks runs this on configs."""
     if folds is None:
         return
     if not _is_int(folds) or folds < 2:

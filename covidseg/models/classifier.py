@@ -24,8 +24,8 @@ from torchmetrics.classification import (
 
 from covidseg.checkpoints import load_module
 from covidseg.errors import UserError
-from covidseg.metrics import predicted_positive
 from covidseg.models.base import BaseTask
+from covidseg.models.metrics import predicted_positive
 from covidseg.models.pretrained import check_overlap, read_weights, weights_path
 
 
@@ -273,7 +273,7 @@ class Classifier(BaseTask):
 
 def predicted_counts(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
     """How many of the images (rows of class probabilities) are predicted as each class: the positive
-    class by covidseg.metrics' threshold rule for two classes, the most probable one for more."""
+    class by covidseg.models.metrics' threshold rule for two classes, the most probable one for more."""
     if num_classes == 2:
         positive = torch.from_numpy(predicted_positive(probs[:, 1].float().cpu().numpy()))
         predicted = positive.long()

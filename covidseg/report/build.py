@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from covidseg.cli import FAILED_FILE
 from covidseg.errors import UserError
 from covidseg.outputs import write_csv
 from covidseg.report.collect import collect_jobs, compared_groups, external_sets, finished, uses_folds
@@ -45,6 +44,7 @@ from covidseg.report.sections import (
     unpaired_note,
 )
 from covidseg.report.tables import is_binary, markdown_splits, markdown_summary, source_table, summary_table
+from covidseg.runs.job import FAILED_FILE
 
 log = logging.getLogger("covidseg.report")
 REPORT_FIX = "copy the sweep folder to a writable disk and run covidseg-report on the copy"
@@ -256,7 +256,7 @@ def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, figures: list[str]) -> No
         return
     import wandb
 
-    from covidseg.tracking import wandb_mode
+    from covidseg.runs.tracking import wandb_mode
 
     group = cfg.get("group") or sweep_dir.name
     run = wandb.init(

@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from covidseg.cli import FAILED_FILE
 from covidseg.errors import UserError
+from covidseg.runs.job import FAILED_FILE
 
 INPUT_ORDER = ["raw", "segmented", "lungs_removed"]
 

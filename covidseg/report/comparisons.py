@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from covidseg.errors import UserError
-from covidseg.metrics import DISPLAY_NAMES, METRIC_NAMES
+from covidseg.models.metrics import DISPLAY_NAMES, METRIC_NAMES
 from covidseg.report.collect import differing_settings, finished, run_key, select_jobs
 from covidseg.report.pooling import TestSet
 from covidseg.report.tables import (

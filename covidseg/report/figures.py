@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from covidseg.errors import UserError
-from covidseg.job_cams import CAM_METHODS, gallery_arrays, stored_gallery
-from covidseg.plots import pyplot
+from covidseg.explain.job_arrays import CAM_METHODS, gallery_arrays, stored_gallery
+from covidseg.inference.overlays import pyplot
 from covidseg.report.collect import INPUT_ORDER, compared_groups, finished, run_key, select_jobs
 from covidseg.report.jobs import job_test_data
 

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from covidseg.cli import RESOLVED_CONFIG
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset
 from covidseg.data.store import ArrayView
 from covidseg.data.transforms import masks_as_seen
 from covidseg.errors import UserError
-from covidseg.job_cams import ENERGY_FILE, lung_energy_summary, stored_lung_energy
+from covidseg.explain.job_arrays import ENERGY_FILE, lung_energy_summary, stored_lung_energy
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, load_classifier
+from covidseg.runs.job import RESOLVED_CONFIG
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,9 +9,9 @@ from covidseg.report.pooling import TestSet
 
 THRESHOLD_NOTE = (
     "An image counts as positive when the positive-class probability is above 0.5 "
-    "(`covidseg.metrics.predicted_positive`, the rule of the metrics logged during training). Resamples "
-    "in which a metric is undefined (e.g. recall when no covid patient was drawn) are left out of its "
-    "interval; on the full set 0/0 counts as 0, as in the logged metrics."
+    "(`covidseg.models.metrics.predicted_positive`, the rule of the metrics logged during training). "
+    "Resamples in which a metric is undefined (e.g. recall when no covid patient was drawn) are left out "
+    "of its interval; on the full set 0/0 counts as 0, as in the logged metrics."
 )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from covidseg.metrics import DISPLAY_NAMES, METRIC_NAMES
+from covidseg.models.metrics import DISPLAY_NAMES, METRIC_NAMES
 from covidseg.report.collect import compared_groups, finished, select_jobs
 from covidseg.report.pooling import TestSet
 from covidseg.stats import bootstrap_patient_metric, prob_columns

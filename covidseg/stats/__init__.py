@@ -11,7 +11,7 @@ Two sources of uncertainty are reported separately:
   image) is the unit that is resampled; several seeds' (or jobs') predictions pool into one interval.
 
 The binary metrics (``binary``) are plain numpy, recomputed from predictions.csv. Positive class =
-index 1 (covid), predicted positive by ``covidseg.metrics.predicted_positive`` (``prob > threshold``,
+index 1 (covid), predicted positive by ``covidseg.models.metrics.predicted_positive`` (``prob > threshold``,
 the rule of the torchmetrics metrics logged during training).
 """
 

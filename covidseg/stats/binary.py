@@ -1,6 +1,6 @@
 """Binary metrics from a prediction table's columns, in plain numpy so thousands of resamples stay cheap.
 
-Positive class = index 1 (covid), predicted positive by ``covidseg.metrics.predicted_positive``
+Positive class = index 1 (covid), predicted positive by ``covidseg.models.metrics.predicted_positive``
 (``prob > threshold``, the rule of the torchmetrics metrics logged during training).
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats as sps
 
-from covidseg.metrics import POSITIVE_THRESHOLD, predicted_positive
+from covidseg.models.metrics import POSITIVE_THRESHOLD, predicted_positive
 from covidseg.stats.seeds import ArrayLike
 
 
@@ -87,7 +87,7 @@ def auroc(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSIT
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-# Keyed by covidseg.metrics.METRIC_NAMES, the names the classifier logs (test/<name>).
+# Keyed by covidseg.models.metrics.METRIC_NAMES, the names the classifier logs (test/<name>).
 BINARY_METRICS: dict[str, Callable[..., float]] = {
     "acc": accuracy,
     "precision": precision,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covidseg.metrics import predicted_positive
+from covidseg.models.metrics import predicted_positive
 from covidseg.stats.seeds import check_confidence
 
 MetricArg = str | Callable[[pd.DataFrame], float]
@@ -113,7 +113,8 @@ def weighted_metric(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The metric of a prediction table under image weights: (R x images) weights -> R values.
 
-    Names are those of ``covidseg.metrics.METRIC_NAMES``: binary tables (two prob_ columns) use ``target``
+    Names are those of ``covidseg.models.metrics.METRIC_NAMES``: binary tables (two prob_ columns) use
+    ``target``
     and the second prob_ column (class index 1) with ``predicted_positive``; tables with more classes know
     only ``"acc"`` (argmax). A callable takes a prediction frame (resampled rows) and returns a float.
     ``zero_division``: precision, recall, specificity and F1 when they are 0/0 (0 as torchmetrics logs

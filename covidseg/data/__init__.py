@@ -1,0 +1,1 @@
+"""Data: dataset folders to manifests, patient splits, decoded images at rest, datasets and data modules."""

@@ -1,0 +1,185 @@
+"""Testing a trained model and writing what a run directory promises: metrics, predictions, overlays."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+
+from covidseg.data.datamodule import CXRDataModule
+from covidseg.data.datasets import model_input
+from covidseg.data.segmentation import LungMaskDataModule
+from covidseg.errors import UserError
+from covidseg.inference.overlays import overlay_grid
+from covidseg.masks import MaskSource, trained_mask_source
+from covidseg.models.classifier import Classifier
+from covidseg.models.divergence import check_finite_outputs
+from covidseg.models.metrics import METRIC_NAMES
+from covidseg.models.segmenter import Segmenter
+from covidseg.outputs import write_csv
+
+log = logging.getLogger(__name__)
+
+
+# Manifest columns carried into predictions.csv when a data set has them (per-source breakdowns).
+CONTEXT_COLUMNS = ("source",)
+
+
+def evaluate_split(
+    trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, ckpt_path: str | None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Test `model` (from ckpt_path if given) on the datamodule's test split.
+
+    Returns the metrics as {<metric>: value} (METRIC_NAMES, loss, confusion, n, n_patients) and one row
+    per tested image: path, label, patient_id, target, [source], prob_<class>...
+    """
+    scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    results = model.test_results()
+    table = datamodule.table
+    columns = ["path", "label", "patient_id", "target", *(c for c in CONTEXT_COLUMNS if c in table)]
+    rows = table[table["split"] == "test"][columns].reset_index(drop=True)
+    probs = results["probs"].numpy()
+    if len(probs) < len(rows):  # fast_dev_run / limit_test_batches: the loader is unshuffled, so a prefix
+        log.warning("Only %d of %d test images were tested (limited test batches)", len(probs), len(rows))
+        rows = rows.iloc[: len(probs)].copy()
+    check_finite_outputs(probs, list(rows["path"]), f"Checkpoint {ckpt_path}" if ckpt_path else "The model")
+    for i, name in enumerate(model.class_names):
+        rows[f"prob_{name}"] = probs[:, i]
+    metrics: dict[str, Any] = {m: float(scores[f"test/{m}"]) for m in METRIC_NAMES}
+    metrics.update(loss=float(scores["test/loss"]), confusion=results["confusion"])
+    metrics.update(n=len(rows), n_patients=int(rows["patient_id"].nunique()))
+    return metrics, rows
+
+
+def evaluate_and_write(
+    trainer: L.Trainer,
+    model: Classifier,
+    datamodule: CXRDataModule,
+    out_dir: Path,
+    ckpt_path: str | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Test on the datamodule's test split; write metrics.json (test/<metric>, the data's counts, `extra`)
+    and predictions.csv (one row per test image)."""
+    scores, rows = evaluate_split(trainer, model, datamodule, ckpt_path)
+    metrics: dict[str, Any] = {f"test/{m}": scores[m] for m in (*METRIC_NAMES, "loss", "confusion")}
+    metrics["classes"] = model.class_names
+    metrics.update(datamodule.stats)
+    metrics.update(extra)
+    write_csv(rows, out_dir / "predictions.csv")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def evaluate_external(
+    trainer: L.Trainer,
+    model: Classifier,
+    datamodule: CXRDataModule,
+    out_dir: Path,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
+    """Test on every image of each of `datamodule.external` (a training run's other-hospital sets), as
+    `covidseg-eval ckpt_path=<best.ckpt> data.root=<folder>` would; write predictions_<name>.csv and return
+    external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients) and `external_sets`."""
+    metrics: dict[str, Any] = {"external_sets": {f.name: str(f.resolve()) for f in datamodule.external}}
+    for folder in datamodule.external:
+        data = {
+            "root": str(folder),
+            "batch_size": datamodule.batch_size,
+            "on_bad_image": datamodule.on_bad_image,
+            "cache_dir": str(datamodule.cache_dir),
+        }
+        external = evaluation_datamodule(model, data, masks=datamodule.masks)
+        external.setup("test")
+        scores, rows = evaluate_split(trainer, model, external, ckpt_path)
+        write_csv(rows, out_dir / f"predictions_{folder.name}.csv")
+        metrics.update({f"external/{folder.name}/{k}": v for k, v in scores.items() if k != "loss"})
+        log.info("external %s: %s", folder.name, {k: round(scores[k], 4) for k in ("acc", "recall", "auroc")})
+    return metrics
+
+
+def evaluation_datamodule(
+    model: Classifier,
+    data: Mapping[str, Any],
+    segmenter_ckpt: str | None = None,
+    masks: MaskSource | None = None,
+) -> CXRDataModule:
+    """The training run's preprocessing (size, normalisation, input mode) on the data asked for:
+    covidseg-eval, a run's external sets and covidseg-predict all build their data this way.
+
+    `data` gives batch_size and cache_dir, and optionally root (default: the training folder), split (`all`,
+    the default, or train/val/test of split_file), on_unknown_label (default drop) and on_bad_image (default:
+    the training run's). Masks come from `masks` if given (a training run's own), else from the segmenter the
+    classifier was trained with (`segmenter_ckpt` overrides its path; a missing or changed one is refused)."""
+    trained = dict(model.hparams.data_config or {})
+    split, split_file = data.get("split", "all"), data.get("split_file")
+    if split != "all" and not split_file:
+        raise UserError(f"data.split={split} needs data.split_file (e.g. <train run>/splits.csv).")
+    if masks is None:
+        masks = trained_mask_source(
+            trained.get("segmenter") or {}, data["cache_dir"], trained.get("input", "raw"), segmenter_ckpt
+        )
+    return CXRDataModule.from_record(
+        trained,
+        root=data.get("root") or trained["root"],
+        classes=model.class_names,
+        batch_size=data["batch_size"],
+        split_file=split_file,
+        evaluate_on=split,
+        limit=None,
+        on_unknown_label=data.get("on_unknown_label", "drop"),
+        on_bad_image=data.get("on_bad_image") or trained.get("on_bad_image", "error"),
+        cache_dir=data["cache_dir"],
+        masks=masks,
+        external=(),
+    )
+
+
+def evaluate_segmenter_and_write(
+    trainer: L.Trainer,
+    model: Segmenter,
+    datamodule: LungMaskDataModule,
+    out_dir: Path,
+    ckpt_path: str | None,
+    overlays: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Dice/IoU on the test split (post-processed masks), metrics.json and overlays.png."""
+    scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    hp = model.hparams
+    metrics = {
+        "test/dice": float(scores["test/dice"]),
+        "test/iou": float(scores["test/iou"]),
+        "n_train": len(datamodule.datasets["train"]),
+        "n_val": len(datamodule.datasets["val"]),
+        "n_test": len(datamodule.datasets["test"]),
+        "arch": hp.arch,
+        "encoder": hp.encoder,
+        "image_size": hp.image_size,
+        "postprocess": dict(model.postprocess_settings),
+        **extra,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    test = datamodule.datasets["test"]
+    if overlays < 1:
+        return metrics
+    picks = np.linspace(0, len(test) - 1, num=min(overlays, len(test))).round().astype(int)
+    model.eval()
+    with torch.no_grad():
+        x = model_input(test.images[picks], datamodule.mean, datamodule.std, model.device)
+        predicted = model.predict_masks(x)
+    images = [np.asarray(test.images[i]) for i in picks]
+    truth = [np.asarray(test.targets[i]) for i in picks]
+    names = list(datamodule.table.loc[datamodule.table["split"] == "test", "image"].iloc[picks])
+    overlay_grid(
+        images, predicted, truth, out_dir / "overlays.png", titles=[Path(n).stem[:18] for n in names]
+    )
+    log.info("test/dice %.4f  test/iou %.4f  (%s)", metrics["test/dice"], metrics["test/iou"], out_dir)
+    return metrics

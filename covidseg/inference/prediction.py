@@ -1,0 +1,203 @@
+"""Running a trained classifier on new, unlabelled images: which files, prepared how, and what is written.
+
+Images are prepared by the classifier's own data module (covidseg.data.datamodule.CXRDataModule rebuilt
+from the data config recorded in the checkpoint): the same decoding, size, intensity preprocessing, lung
+masks and normalisation as in training, through the same code.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from covidseg.checkpoints import read_checkpoint
+from covidseg.data.datamodule import CXRDataModule
+from covidseg.data.manifest import IMAGE_SUFFIXES
+from covidseg.errors import UserError
+from covidseg.explain.gradcam import CAM_METHODS
+from covidseg.inference.evaluation import evaluation_datamodule
+from covidseg.inference.overlays import pyplot
+from covidseg.models.classifier import Classifier
+from covidseg.models.metrics import POSITIVE_THRESHOLD, predicted_positive
+from covidseg.outputs import read_csv
+
+log = logging.getLogger(__name__)
+
+CKPT_HINT = "Give ckpt_path=<train run>/checkpoints/best.ckpt."
+INPUTS_HINT = "Give inputs=<image file | folder | glob such as 'scans/**/*.dcm' | CSV with a path column>."
+
+
+def check_options(batch_size: Any, chunk_size: Any, num_workers: Any, cam_method: Any) -> None:
+    """covidseg-predict's own options, before any image is read."""
+    limits = {"batch_size": (batch_size, 1), "chunk_size": (chunk_size, 1), "num_workers": (num_workers, 0)}
+    for key, (value, minimum) in limits.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise UserError(
+                f"{key} must be an integer >= {minimum}, got {value!r}. Set e.g. {key}={minimum}."
+            )
+    if cam_method not in CAM_METHODS:
+        raise UserError(f"cam_method must be one of {list(CAM_METHODS)}, got {cam_method!r}.")
+
+
+def check_classifier_checkpoint(path: str | Path) -> None:
+    """A clear UserError for a checkpoint that is not a covidseg classifier (e.g. the lung segmenter's)."""
+    hparams = read_checkpoint(path, CKPT_HINT).get("hyper_parameters") or {}
+    if "class_names" in hparams:
+        if not hparams.get("data_config"):
+            raise UserError(
+                f"ckpt_path={path} records no data_config (how its images were prepared), so covidseg cannot "
+                "prepare new images the same way. Retrain it with covidseg-train."
+            )
+        return
+    what = (
+        "a lung segmenter checkpoint"
+        if {"arch", "encoder"} <= set(hparams)
+        else "not a classifier checkpoint"
+    )
+    raise UserError(f"ckpt_path={path} is {what}; covidseg-predict needs a classifier. {CKPT_HINT}")
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursively, hidden ones left out); DICOM files often have no suffix.
+
+    Entries with an image suffix that are no readable file (a broken link, a FIFO) are kept, so that
+    predictions.csv says why they got no prediction; a file without suffix is opened to look for the DICOM
+    marker only if it is a regular file (a FIFO would block)."""
+    found, ignored = [], 0
+    for f in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in f.relative_to(folder).parts) or f.is_dir():
+            continue
+        if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and f.is_file() and _has_dicom_marker(f)):
+            found.append(f)
+        else:
+            ignored += 1
+    if ignored:
+        log.info("inputs=%s: ignored %d file(s) that are not images (e.g. metadata.csv)", folder, ignored)
+    return found
+
+
+def _csv_images(csv: Path) -> tuple[list[Path], list[str]]:
+    """The files a CSV's `path` column lists (relative to the CSV's folder), and the values as written."""
+    try:
+        table = read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"inputs={csv} is not a readable CSV ({err}). {INPUTS_HINT}") from err
+    if "path" not in table.columns:
+        raise UserError(f"inputs={csv} has no `path` column (it has {list(table.columns)}). {INPUTS_HINT}")
+    values = [v.strip() for v in table["path"]]
+    empty = [i + 2 for i, v in enumerate(values) if not v]
+    if empty:
+        raise UserError(f"inputs={csv}: line(s) {empty[:5]} have an empty path. Fill or remove them.")
+    return [csv.parent / Path(v).expanduser() for v in values], values
+
+
+def collect_inputs(spec: str) -> tuple[list[str], list[str]]:
+    """The files `inputs=` names, and how each is shown in predictions.csv (as given, or as found).
+
+    spec: one image file, a folder (every image under it), a glob pattern (`**` spans folders), or a
+    .csv with a `path` column. Files that turn out unreadable are kept (also broken links, FIFOs and other
+    paths that are no regular file, which are never opened): predictions.csv says why."""
+    if not str(spec).strip():
+        raise UserError(f"inputs is empty. {INPUTS_HINT}")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = _folder_images(path)
+        shown = [str(f) for f in files]
+        if not files:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise UserError(
+                f"inputs={spec}: the folder holds no image file ({suffixes} or DICOM). {INPUTS_HINT}"
+            )
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        files, shown = _csv_images(path)
+        if not files:
+            raise UserError(f"inputs={spec} lists no image (the CSV has no rows). {INPUTS_HINT}")
+    elif os.path.lexists(path):  # a file, or a broken link or FIFO that gets its error row
+        files, shown = [path], [str(spec)]
+    elif glob.has_magic(str(spec)):
+        files = [Path(f) for f in sorted(glob.glob(str(path), recursive=True)) if not os.path.isdir(f)]
+        shown = [str(f) for f in files]
+        if not files:
+            raise UserError(f"inputs={spec} matches no file. {INPUTS_HINT}")
+    else:
+        raise UserError(f"inputs={spec} does not exist. {INPUTS_HINT}")
+    # a broken link keeps its own path (resolved, it would name a target the user never wrote)
+    return [str(f.resolve()) if f.exists() else os.path.abspath(f) for f in files], shown
+
+
+def prediction_datamodule(
+    model: Classifier, cache_dir: str, batch_size: int, segmenter_ckpt: str | None = None
+) -> CXRDataModule:
+    """The data module the classifier was trained with (size, intensity, input mode, its segmenter checked
+    against the recorded SHA-1), for preparing new images with CXRDataModule.prediction_inputs."""
+    return evaluation_datamodule(model, {"batch_size": batch_size, "cache_dir": cache_dir}, segmenter_ckpt)
+
+
+def predicted_classes(probs: np.ndarray, class_names: list[str]) -> tuple[list[str], Any]:
+    """Each image's predicted class and the rule's threshold: covidseg.models.metrics' threshold on the
+    positive
+    class (the last) for two classes, the most probable class ('argmax') for more."""
+    if len(class_names) == 2:
+        positive = predicted_positive(probs[:, 1])
+        return [class_names[int(p)] for p in positive], POSITIVE_THRESHOLD
+    return [class_names[i] for i in probs.argmax(axis=1)], "argmax"
+
+
+def prediction_rows(
+    shown: list[str], table: pd.DataFrame, probs: np.ndarray, class_names: list[str]
+) -> pd.DataFrame:
+    """predictions.csv rows of one batch of files: path, prob_<class>..., predicted, threshold, error.
+    `table` (CXRDataModule.prediction_inputs) marks the unreadable files; `probs` has the readable ones'."""
+    rows = pd.DataFrame({"path": shown})
+    readable = table["error"].isna().to_numpy()
+    for i, name in enumerate(class_names):
+        rows[f"prob_{name}"] = np.nan
+        rows.loc[readable, f"prob_{name}"] = probs[:, i]
+    predicted, threshold = predicted_classes(probs, class_names)
+    rows["predicted"] = None
+    rows.loc[readable, "predicted"] = predicted
+    rows["threshold"] = threshold
+    rows["error"] = table["error"].to_numpy()
+    return rows
+
+
+def save_overlay(
+    path: Path,
+    image: np.ndarray,
+    lung_mask: np.ndarray | None,
+    seen: np.ndarray,
+    cam: np.ndarray,
+    title: str,
+) -> None:
+    """One image's PNG: the image (with its lung contour for masked input), and the network's input with
+    the Grad-CAM heat map of the predicted class."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
+    if lung_mask is not None and lung_mask.any():
+        axes[0].contour(lung_mask, levels=[0.5], colors="red", linewidths=0.8)
+    axes[0].set_title("image" if lung_mask is None else "image, lung mask (red)", fontsize=8)
+    axes[1].imshow(seen, cmap="gray", vmin=0, vmax=255)
+    height, width = seen.shape
+    axes[1].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=(0, width, height, 0))
+    axes[1].set_title("network input, Grad-CAM", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
