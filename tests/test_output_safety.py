@@ -154,7 +154,8 @@ def fail_on_file(monkeypatch, name: str, error: int | None) -> None:
             return FillsUp(open(path, mode, *args, **kwargs))
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(outputs, "open", failing_open, raising=False)
+    for module in (outputs.files, outputs.folders):
+        monkeypatch.setattr(module, "open", failing_open, raising=False)
 
 
 @pytest.mark.parametrize("failing", ["classifier.onnx", "classifier.torchscript.pt", RECORD_FILE])
@@ -168,17 +169,19 @@ def test_a_full_disk_during_an_export_keeps_the_previous_export_whole(
     with pytest.raises(UserError) as refused:
         export(export_cfg(classifier_ckpt, out))
     message = str(refused.value)
-    assert f"Output folder {out} is full" in message and "MB free" in message
+    assert (
+        f"Cannot write the output folder {out}: no space left on its disk" in message and "MB free" in message
+    )
     assert "give another folder with out_dir=<folder>" in message and "\n" not in message
     assert folder_listing(out) == before  # every file of the older export as it was, nothing half-written
 
 
 def test_a_read_only_folder_is_refused_before_the_export_starts(classifier_ckpt, tmp_path, monkeypatch):
     # Tests run as root, which a read-only mode bit does not stop: the file system's answer is simulated.
-    fail_on_file(monkeypatch, "covidseg-probe", errno.EROFS)
+    fail_on_file(monkeypatch, "covidseg-write-probe", errno.EROFS)
     monkeypatch.setattr("covidseg.export.export_network", lambda *a: pytest.fail("exported anyway"))
     out = tmp_path / "deploy"
-    with pytest.raises(UserError, match=rf"Output folder {out} is not writable \(Read-only file system"):
+    with pytest.raises(UserError, match=rf"Cannot write the output folder {out}: it is on a read-only file"):
         export(export_cfg(classifier_ckpt, out))
     assert list(out.iterdir()) == []
 
@@ -192,8 +195,8 @@ def test_an_export_folder_under_a_file_exits_2_naming_the_file(classifier_ckpt, 
         f"ckpt_path={classifier_ckpt}",
         f"out_dir={out}",
         f"hydra.run.dir={tmp_path / 'run'}",
-        expected=rf"Output folder {out} cannot be created: {blocker} is a file, not a folder\. Move that "
-        r"file away or give another folder with out_dir=<folder>\.",
+        expected=rf"Cannot write the output folder {out}: {blocker} is a file, not a folder\. Remove or "
+        r"rename that file, or give another folder with out_dir=<folder>\.",
     )
     assert blocker.read_text() == "not a folder"
 
@@ -201,11 +204,14 @@ def test_an_export_folder_under_a_file_exits_2_naming_the_file(classifier_ckpt, 
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (errno.EACCES, r"is not writable \(Permission denied: a read-only file system or no permission\)"),
-        (errno.ENOSPC, r"is full \(No space left on device; [\d,]+ MB free; the files need 2\.0 MB\)"),
-        (errno.EDQUOT, r"is full"),
-        (errno.ENOENT, r"does not exist"),
-        (errno.EIO, r"Could not write into output folder .*Input/output error"),
+        (errno.EACCES, r": permission denied\. Make it writable for this user, or"),
+        (
+            errno.ENOSPC,
+            r": no space left on its disk \([\d,]+ MB free, the files need 2\.0 MB\)\. Free space",
+        ),
+        (errno.EDQUOT, r": disk quota exceeded\. Free space on that disk, or"),
+        (errno.ENOENT, r": it does not exist\. Create it, or"),
+        (errno.EIO, r"Could not write the output folder .*Input/output error"),
     ],
 )
 def test_file_system_errors_name_the_folder_and_the_fix(tmp_path, error, expected):
@@ -218,12 +224,16 @@ def test_file_system_errors_name_the_folder_and_the_fix(tmp_path, error, expecte
 def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "out"
     target.write_text("x")
-    with pytest.raises(UserError, match=rf"Output folder {target} is a file, not a folder"):
+    with pytest.raises(
+        UserError, match=rf"Cannot write the output folder {target}: {target} is a file, not a"
+    ):
         output_folder(target, other_folder("out_dir"))
 
 
 def test_writes_into_a_missing_folder_say_so(tmp_path):
-    with pytest.raises(UserError, match=rf"Output folder {tmp_path / 'gone'} does not exist"):
+    with pytest.raises(
+        UserError, match=rf"Cannot write the output folder {tmp_path / 'gone'}: it does not exist"
+    ):
         write_csv(pd.DataFrame({"a": [1]}), tmp_path / "gone" / "x.csv")
     assert list(tmp_path.iterdir()) == []
 
@@ -363,7 +373,7 @@ def test_every_csv_covidseg_writes_goes_through_write_csv():
     writers = [
         f"{path.relative_to(REPO)}:{number}"
         for path in sorted((REPO / "covidseg").rglob("*.py"))
-        if path.name != "outputs.py"
+        if path.name != "files.py"
         for number, line in enumerate(path.read_text().splitlines(), start=1)
         if ".to_csv(" in line
     ]
