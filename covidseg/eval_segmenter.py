@@ -1,4 +1,5 @@
-"""covidseg-eval-segmenter: Dice/IoU (and overlays) of a segmenter checkpoint on any image/mask set."""
+"""covidseg-eval-segmenter: Dice/IoU/HD95 (per set, per source or finding) and overlays of a segmenter
+checkpoint on any image/mask set(s)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
     hp = model.hparams
     datamodule = LungMaskDataModule(
         root=cfg.data.root,
+        roots=cfg.data.roots,
         image_size=hp.image_size,
         batch_size=cfg.data.batch_size,
         mean=hp.mean,
@@ -28,7 +30,7 @@ def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
     )
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer)
-    extra = {"ckpt_path": str(cfg.ckpt_path), "data_root": str(cfg.data.root)}
+    extra = {"ckpt_path": str(cfg.ckpt_path), "data_root": ",".join(str(r) for r in datamodule.roots)}
     return evaluate_segmenter_and_write(trainer, model, datamodule, run_dir(), None, cfg.overlays, extra)
 
 

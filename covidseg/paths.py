@@ -84,11 +84,19 @@ def log_dir() -> Path:
     return Path(env).expanduser().absolute() if env else Path.cwd() / "logs"
 
 
+def one_or_list(one: str | None, many: list[str] | None) -> list[str] | None:
+    """`${covidseg.one_or_list:${data.root},[...]}`: a single value given (data.root=<folder>) replaces the
+    config's default list (data.roots), so an option that took one value keeps its meaning beside a list."""
+    return [one] if one is not None else (None if many is None else list(many))
+
+
 def register_resolvers() -> None:
-    """Make `${covidseg.data_dir:}`, `${covidseg.cache_dir:}` and `${covidseg.log_dir:}` usable in the
-    Hydra configs."""
+    """Make `${covidseg.data_dir:}`, `${covidseg.cache_dir:}`, `${covidseg.log_dir:}` and
+    `${covidseg.one_or_list:...}` usable in the Hydra configs."""
     from omegaconf import OmegaConf
 
     for name, folder in (("data_dir", data_dir), ("cache_dir", cache_dir), ("log_dir", log_dir)):
         if not OmegaConf.has_resolver(f"covidseg.{name}"):
             OmegaConf.register_new_resolver(f"covidseg.{name}", lambda folder=folder: str(folder()))
+    if not OmegaConf.has_resolver("covidseg.one_or_list"):
+        OmegaConf.register_new_resolver("covidseg.one_or_list", one_or_list)

@@ -15,9 +15,11 @@ import torch
 
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import model_input
+from covidseg.data.mask_sets import set_name
 from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.errors import UserError
 from covidseg.inference.overlays import overlay_grid
+from covidseg.inference.segmenter_scores import SCORES_FILE, score_rows, summarize
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.models.classifier import Classifier
 from covidseg.models.divergence import check_finite_outputs
@@ -151,12 +153,16 @@ def evaluate_segmenter_and_write(
     overlays: int,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Dice/IoU on the test split (post-processed masks), metrics.json and overlays.png."""
-    scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    """Dice, IoU and HD95 on the test split (post-processed masks), overall, per mask set and per source or
+    finding (covidseg.inference.segmenter_scores); writes metrics.json, segmentation_scores.csv and
+    overlays.png."""
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     hp = model.hparams
+    table = datamodule.table
+    rows = score_rows(table[table["split"] == "test"], model.test_results())
+    rows.to_csv(out_dir / SCORES_FILE, index=False)
     metrics = {
-        "test/dice": float(scores["test/dice"]),
-        "test/iou": float(scores["test/iou"]),
+        **summarize(rows),
         "n_train": len(datamodule.datasets["train"]),
         "n_val": len(datamodule.datasets["val"]),
         "n_test": len(datamodule.datasets["test"]),
@@ -164,6 +170,8 @@ def evaluate_segmenter_and_write(
         "encoder": hp.encoder,
         "image_size": hp.image_size,
         "postprocess": dict(model.postprocess_settings),
+        "sets": {set_name(r): str(r) for r in datamodule.roots},
+        "set_sizes": datamodule.set_sizes(),
         **extra,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -181,5 +189,11 @@ def evaluate_segmenter_and_write(
     overlay_grid(
         images, predicted, truth, out_dir / "overlays.png", titles=[Path(n).stem[:18] for n in names]
     )
-    log.info("test/dice %.4f  test/iou %.4f  (%s)", metrics["test/dice"], metrics["test/iou"], out_dir)
+    log.info(
+        "test/dice %.4f  test/iou %.4f  test/hd95 %.1f px  (%s)",
+        metrics["test/dice"],
+        metrics["test/iou"],
+        metrics["test/hd95"],
+        out_dir,
+    )
     return metrics

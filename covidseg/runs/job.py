@@ -58,6 +58,7 @@ STALE_OUTPUTS = (
     "cam_gallery.npz",
     "mask_stats.csv",
     "masks_overview.png",
+    "segmentation_scores.csv",
 )
 
 
