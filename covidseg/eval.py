@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from covidseg.inference.evaluation import evaluate_and_write, evaluation_datamodule
 from covidseg.models.classifier import load_classifier
+from covidseg.outputs import layout
 from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     metrics = evaluate_and_write(trainer, model, datamodule, run_dir(), None, extra)
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
-    log.info("Wrote %s", run_dir() / "metrics.json")
+    log.info("Wrote %s", run_dir() / layout.METRICS)
     return metrics
 
 

@@ -23,12 +23,12 @@ from covidseg.deploy.record import build_record
 from covidseg.errors import UserError
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.models.classifier import load_classifier
-from covidseg.outputs import other_folder, output_folder, write_files
+from covidseg.outputs import layout, other_folder, output_folder, write_files
 from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "preprocessing.json"
+RECORD_FILE = layout.PREPROCESSING
 
 
 def segmenter_masks(record: dict[str, Any], cache_dir: str, override: str | None) -> MaskSource | None:

@@ -29,7 +29,6 @@ from covidseg.errors import UserError
 from covidseg.explain.gradcam import cam_maps
 from covidseg.inference.prediction import (
     check_classifier_checkpoint,
-    check_options,
     collect_inputs,
     prediction_datamodule,
     prediction_rows,
@@ -38,7 +37,7 @@ from covidseg.inference.prediction import (
 from covidseg.masks import images_and_masks
 from covidseg.models.classifier import Classifier, load_classifier
 from covidseg.models.divergence import check_finite_outputs
-from covidseg.outputs import write_csv
+from covidseg.outputs import layout, write_csv
 from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """predictions.csv (and overlays) for every file `inputs` names; returns a summary of the run."""
     out_dir = run_dir()
     shutil.rmtree(out_dir / "cam", ignore_errors=True)  # a re-run into this folder: no stale overlays
-    check_options(cfg.batch_size, cfg.chunk_size, cfg.num_workers, cfg.cam_method)
     check_classifier_checkpoint(cfg.ckpt_path)
     model = load_classifier(cfg.ckpt_path).eval()
     datamodule = prediction_datamodule(model, cfg.cache_dir, cfg.batch_size, cfg.segmenter.ckpt_path)
@@ -137,7 +135,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 )
             parts.append(rows)
     predictions = pd.concat(parts)
-    write_csv(predictions, out_dir / "predictions.csv")
+    write_csv(predictions, out_dir / layout.PREDICTIONS)
     errors = predictions["error"].notna()
     if errors.all():
         raise UserError(
@@ -151,7 +149,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             len(files),
         )
     counts = predictions.loc[~errors, "predicted"].value_counts().to_dict()
-    log.info("Predicted %s; wrote %s", counts, out_dir / "predictions.csv")
+    log.info("Predicted %s; wrote %s", counts, out_dir / layout.PREDICTIONS)
     return {"n": len(files), "n_errors": int(errors.sum()), "predicted": counts}
 
 

@@ -24,6 +24,7 @@ from covidseg.explain.job_arrays import write_job_cams
 from covidseg.inference.evaluation import evaluate_and_write, evaluate_external
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
+from covidseg.outputs import layout
 from covidseg.runs.fit import fit_and_evaluate
 from covidseg.runs.job import RESOLVED_CONFIG, hydra_entry, in_multirun, run_dir
 from covidseg.runs.objective import check_optimized_metric, objective
@@ -45,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_from = checkpoint_to_resume(cfg, out_dir)
     if resume_from is not None:  # before splits.csv, the first attempt's, is replaced
         check_same_data(resume_from, datamodule)
-    datamodule.write_splits(out_dir / "splits.csv")
+    datamodule.write_splits(out_dir / layout.SPLITS)
     if masks is not None:
         images, lung_masks = images_and_masks(masks, datamodule, datamodule.table)
         masks.quality_report(datamodule.table, images, lung_masks, out_dir, seed=datamodule.seed)

@@ -21,10 +21,11 @@ ENTRY_POINTS = {
 # The package root holds the commands and the two things every layer needs; everything else is in a folder.
 ROOT_MODULES = ENTRY_POINTS - {"covidseg.report.build"} | {"covidseg", "covidseg.errors", "covidseg.paths"}
 # What each layer may import from covidseg (besides itself); anything else is an upward import.
-BASE = {"covidseg.errors", "covidseg.paths"}
+# outputs (run-directory names, safe writes) is used by every layer above it.
+BASE = {"covidseg.errors", "covidseg.paths", "covidseg.outputs"}
 LAYERS = {
-    "covidseg.outputs": BASE,
-    "covidseg.data": BASE | {"covidseg.outputs"},
+    "covidseg.outputs": {"covidseg.errors"},
+    "covidseg.data": BASE,
     # A checkpoint's weights and recorded preprocessing are checked with the training-time rules.
     "covidseg.checkpoints": BASE | {"covidseg.models.divergence", "covidseg.runs.checks"},
     "covidseg.models": BASE | {"covidseg.checkpoints"},

@@ -8,18 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from covidseg.data.images import file_digest
 from covidseg.errors import UserError
 from covidseg.inference.prediction import (
     check_classifier_checkpoint,
-    check_options,
     collect_inputs,
     predicted_classes,
 )
 from covidseg.masks import trained_mask_source
 from covidseg.models.segmenter import Segmenter
+from covidseg.runs.checks import check_config
 from tests.conftest import run_cli
 from tests.dicom_files import write_dicom
 
@@ -78,11 +79,18 @@ def test_predicted_class_uses_the_study_threshold_for_two_classes_and_argmax_for
 
 
 def test_bad_options_name_the_option_and_a_good_value():
-    check_options(64, 1024, 0, "gradcam++")
-    with pytest.raises(UserError, match=r"batch_size must be an integer >= 1, got 0. Set e.g. batch_size=1"):
-        check_options(0, 1024, 0, "gradcam")
+    """covidseg-predict's options go through the one config check every entry point uses."""
+
+    def options(**changed):
+        return OmegaConf.create(
+            {"batch_size": 64, "chunk_size": 1024, "num_workers": 0, "cam_method": "gradcam"} | changed
+        )
+
+    check_config(options(cam_method="gradcam++"))
+    with pytest.raises(UserError, match=r"batch_size must be an integer >= 1, got 0. Set e.g. batch_size=64"):
+        check_config(options(batch_size=0))
     with pytest.raises(UserError, match=r"cam_method must be one of \['gradcam', 'gradcam\+\+'\]"):
-        check_options(64, 1024, 0, "scorecam")
+        check_config(options(cam_method="scorecam"))
 
 
 # -- the checkpoint and its segmenter ---------------------------------------------------------------

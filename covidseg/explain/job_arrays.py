@@ -28,11 +28,12 @@ from covidseg.data.transforms import masks_as_seen, resize_mask
 from covidseg.explain.gradcam import cam_maps, lung_energy, resolve_target_layer
 from covidseg.masks import MaskSource, images_and_masks
 from covidseg.models.classifier import Classifier
+from covidseg.outputs import layout
 
 log = logging.getLogger(__name__)
 
-ENERGY_FILE = "lung_energy.json"
-GALLERY_FILE = "cam_gallery.npz"
+ENERGY_FILE = layout.LUNG_ENERGY
+GALLERY_FILE = layout.CAM_GALLERY
 CAM_METHODS = (("gradcam", "Grad-CAM"), ("gradcam++", "Grad-CAM++"))
 
 

@@ -25,7 +25,7 @@ from covidseg.models.classifier import Classifier
 from covidseg.models.divergence import check_finite_outputs
 from covidseg.models.metrics import METRIC_NAMES
 from covidseg.models.segmenter import Segmenter
-from covidseg.outputs import write_csv
+from covidseg.outputs import layout, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def evaluate_and_write(
     metrics["classes"] = model.class_names
     metrics.update(datamodule.stats)
     metrics.update(extra)
-    write_csv(rows, out_dir / "predictions.csv")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_csv(rows, out_dir / layout.PREDICTIONS)
+    (out_dir / layout.METRICS).write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -101,7 +101,7 @@ def evaluate_external(
         external = evaluation_datamodule(model, data, masks=datamodule.masks)
         external.setup("test")
         scores, rows = evaluate_split(trainer, model, external, ckpt_path)
-        write_csv(rows, out_dir / f"predictions_{folder.name}.csv")
+        write_csv(rows, out_dir / layout.predictions_file(folder.name))
         metrics.update({f"external/{folder.name}/{k}": v for k, v in scores.items() if k != "loss"})
         log.info("external %s: %s", folder.name, {k: round(scores[k], 4) for k in ("acc", "recall", "auroc")})
     return metrics
@@ -174,7 +174,7 @@ def evaluate_segmenter_and_write(
         "set_sizes": datamodule.set_sizes(),
         **extra,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / layout.METRICS).write_text(json.dumps(metrics, indent=2))
     test = datamodule.datasets["test"]
     if overlays < 1:
         return metrics
@@ -187,7 +187,7 @@ def evaluate_segmenter_and_write(
     truth = [np.asarray(test.targets[i]) for i in picks]
     names = list(datamodule.table.loc[datamodule.table["split"] == "test", "image"].iloc[picks])
     overlay_grid(
-        images, predicted, truth, out_dir / "overlays.png", titles=[Path(n).stem[:18] for n in names]
+        images, predicted, truth, out_dir / layout.OVERLAYS, titles=[Path(n).stem[:18] for n in names]
     )
     log.info(
         "test/dice %.4f  test/iou %.4f  test/hd95 %.1f px  (%s)",

@@ -20,7 +20,6 @@ from covidseg.checkpoints import read_checkpoint
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.manifest import IMAGE_SUFFIXES
 from covidseg.errors import UserError
-from covidseg.explain.gradcam import CAM_METHODS
 from covidseg.inference.evaluation import evaluation_datamodule
 from covidseg.inference.overlays import pyplot
 from covidseg.models.classifier import Classifier
@@ -31,18 +30,6 @@ log = logging.getLogger(__name__)
 
 CKPT_HINT = "Give ckpt_path=<train run>/checkpoints/best.ckpt."
 INPUTS_HINT = "Give inputs=<image file | folder | glob such as 'scans/**/*.dcm' | CSV with a path column>."
-
-
-def check_options(batch_size: Any, chunk_size: Any, num_workers: Any, cam_method: Any) -> None:
-    """covidseg-predict's own options, before any image is read."""
-    limits = {"batch_size": (batch_size, 1), "chunk_size": (chunk_size, 1), "num_workers": (num_workers, 0)}
-    for key, (value, minimum) in limits.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise UserError(
-                f"{key} must be an integer >= {minimum}, got {value!r}. Set e.g. {key}={minimum}."
-            )
-    if cam_method not in CAM_METHODS:
-        raise UserError(f"cam_method must be one of {list(CAM_METHODS)}, got {cam_method!r}.")
 
 
 def check_classifier_checkpoint(path: str | Path) -> None:

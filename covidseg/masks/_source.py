@@ -37,7 +37,7 @@ from covidseg.data.transforms import resize_mask
 from covidseg.errors import UserError
 from covidseg.inference.overlays import overlay_grid
 from covidseg.models.segmenter import Segmenter, load_segmenter
-from covidseg.outputs import write_csv
+from covidseg.outputs import layout, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class MaskSource:
         stats = table[["path", "label", "patient_id"]].copy()
         stats["lung_area_fraction"] = area.round(4)
         stats["implausible"] = (area < self.min_area) | (area > self.max_area)
-        write_csv(stats, out_dir / "mask_stats.csv")
+        write_csv(stats, out_dir / layout.MASK_STATS)
         flagged = stats[stats["implausible"]]
         if len(flagged):
             log.warning(
@@ -220,7 +220,7 @@ class MaskSource:
             [images[i] for i in picks],
             [masks[i] for i in picks],
             None,
-            out_dir / "masks_overview.png",
+            out_dir / layout.MASKS_OVERVIEW,
             titles=titles,
             columns=per_class,
         )

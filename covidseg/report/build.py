@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
-from covidseg.outputs import write_csv
+from covidseg.outputs import layout, write_csv
 from covidseg.report.collect import collect_jobs, compared_groups, external_sets, finished, uses_folds
 from covidseg.report.comparisons import (
     markdown_bootstrap,
@@ -87,7 +87,7 @@ def build_report(
         except UserError as err:
             log.warning("No lung energy for job %s: %s", jobs.at[index, "job"], err)
             jobs.loc[index, "lung_energy"] = math.nan
-    write_csv(jobs, sweep_dir / "results.csv", REPORT_FIX)
+    write_csv(jobs, sweep_dir / layout.RESULTS, REPORT_FIX)
     if not ok_mask.any():
         raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {FAILED_FILE}.")
     groups = compared_groups(jobs)
@@ -111,9 +111,9 @@ def build_report(
         cells.update({name: r.auroc_cells(f"external/{name}/auroc") for name, r in external.items()})
         figures.append(plot_external_auroc(cells, sweep_dir))
     text = _report_text(sweep_dir, jobs, internal, external, figures, energy_images, n_boot)
-    (sweep_dir / "report.md").write_text(text)
+    (sweep_dir / layout.REPORT).write_text(text)
     _log_to_wandb(sweep_dir, jobs, figures)
-    return sweep_dir / "report.md"
+    return sweep_dir / layout.REPORT
 
 
 def _test_set_report(
@@ -242,7 +242,7 @@ def _report_text(
 def _external_folder(ok: pd.DataFrame, name: str) -> str | None:
     """The folder of external set `name`, as the first job that evaluated it recorded (external_sets)."""
     for job_dir in ok["dir"]:
-        path = Path(job_dir) / "metrics.json"
+        path = Path(job_dir) / layout.METRICS
         folder = json.loads(path.read_text()).get("external_sets", {}).get(name)
         if folder:
             return str(folder)
@@ -280,7 +280,7 @@ def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, figures: list[str]) -> No
             }
         )
         artifact = wandb.Artifact(f"report-{group}".replace("/", "-"), type="report")
-        artifact.add_file(str(sweep_dir / "report.md"))
+        artifact.add_file(str(sweep_dir / layout.REPORT))
         run.log_artifact(artifact)
     finally:
         run.finish()

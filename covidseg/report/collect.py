@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
+from covidseg.outputs import layout
 from covidseg.runs.job import FAILED_FILE
 
 INPUT_ORDER = ["raw", "segmented", "lungs_removed"]
@@ -40,8 +41,8 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
             "image_size": cfg.data.get("image_size"),
             "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs", default=None),
         }
-        if (job / "metrics.json").is_file():
-            metrics = json.loads((job / "metrics.json").read_text())
+        if (job / layout.METRICS).is_file():
+            metrics = json.loads((job / layout.METRICS).read_text())
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
             row["test/confusion"] = json.dumps(metrics.get("test/confusion"))
             row["status"] = "ok"

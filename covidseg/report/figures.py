@@ -15,6 +15,7 @@ import pandas as pd
 from covidseg.errors import UserError
 from covidseg.explain.job_arrays import CAM_METHODS, gallery_arrays, stored_gallery
 from covidseg.inference.overlays import pyplot
+from covidseg.outputs import layout
 from covidseg.report.collect import INPUT_ORDER, compared_groups, finished, run_key, select_jobs
 from covidseg.report.jobs import job_test_data
 
@@ -96,7 +97,7 @@ def plot_confusions(jobs: pd.DataFrame, out_dir: Path) -> None:
         group = select_jobs(ok, backbone, input_)
         best = group.loc[group["test/f1"].astype(float).idxmax()]
         matrix = np.array(json.loads(best["test/confusion"]))
-        classes = json.loads((Path(best["dir"]) / "metrics.json").read_text())["classes"]
+        classes = json.loads((Path(best["dir"]) / layout.METRICS).read_text())["classes"]
         ax.axis("on")
         ax.imshow(matrix, cmap="Blues")
         for (i, j), v in np.ndenumerate(matrix):

@@ -20,6 +20,7 @@ from covidseg.errors import UserError
 from covidseg.explain.job_arrays import ENERGY_FILE, lung_energy_summary, stored_lung_energy
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, load_classifier
+from covidseg.outputs import layout
 from covidseg.runs.job import RESOLVED_CONFIG
 
 
@@ -47,7 +48,7 @@ class JobTestData:
 
 def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
     """The classifier of a job and its test images exactly as it saw them, plus their lung masks."""
-    model = load_classifier(job_dir / "checkpoints" / "best.ckpt")
+    model = load_classifier(job_dir / layout.CHECKPOINTS / layout.BEST)
     resolved = job_dir / RESOLVED_CONFIG
     if not resolved.is_file():
         raise UserError(f"{resolved} is missing; it is written by covidseg-train at the start of every run.")
@@ -57,7 +58,7 @@ def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
     # A raw-only sweep without a segmenter has no masks, hence no lung energy.
     masks = mask_source(cfg.segmenter, data["cache_dir"], data["input"], optional=True)
     datamodule = CXRDataModule.from_record(
-        data, split_file=str(job_dir / "splits.csv"), evaluate_on="test", limit=None, masks=masks
+        data, split_file=str(job_dir / layout.SPLITS), evaluate_on="test", limit=None, masks=masks
     )
     datamodule.setup("test")
     table = datamodule.table[datamodule.table["split"] == "test"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidseg.errors import UserError
-from covidseg.outputs import read_csv
+from covidseg.outputs import layout, read_csv
 from covidseg.report.collect import run_key, select_jobs
 
 SIZE_COLUMNS = ("n_train", "n_val", "n_test")
@@ -30,13 +30,8 @@ class TestSet:
     jobs: dict[object, list[str]]
 
 
-def predictions_file(name: str | None) -> str:
-    """predictions.csv for the internal test split, predictions_<name>.csv for external set <name>."""
-    return "predictions.csv" if name is None else f"predictions_{name}.csv"
-
-
 def read_predictions(job: pd.Series, name: str | None) -> pd.DataFrame:
-    path = Path(job["dir"]) / predictions_file(name)
+    path = Path(job["dir"]) / layout.predictions_file(name)
     if not path.is_file():
         raise UserError(
             f"{path} is missing although job {job['job']} finished; rerun that job "
@@ -50,7 +45,7 @@ def external_tables(jobs: pd.DataFrame, backbone: str, input_: str, name: str) -
     group = select_jobs(jobs[jobs["status"] == "ok"], backbone, input_)
     tables, names = {}, {}
     for _, job in group.iterrows():
-        if (Path(job["dir"]) / predictions_file(name)).is_file():
+        if (Path(job["dir"]) / layout.predictions_file(name)).is_file():
             tables[run_key(job)] = read_predictions(job, name)
             names[run_key(job)] = [job["job"]]
     return TestSet(tables, names)

@@ -19,6 +19,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from covidseg.data.intensity import check_clahe_clip, check_equalize_mode
 from covidseg.data.split import SPLITS, check_folds
 from covidseg.errors import UserError
+from covidseg.explain.gradcam import CAM_METHODS
 
 MIN_IMAGE_SIZE = 32  # the backbones downsample by 32; smaller inputs vanish before the classifier head
 MAX_SEED = 2**32 - 1
@@ -90,6 +91,17 @@ def _max_epochs(key: str, value: Any) -> None:
         )
 
 
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if value not in allowed:
+            raise UserError(
+                f"{key} must be one of {list(allowed)}, got {value!r}. Set e.g. {key}={allowed[0]}."
+            )
+
+    return check
+
+
+# Keys are full config paths; each entry point's config has its own subset (predict's are top-level).
 RULES: dict[str, Callable[[str, Any], None]] = {
     "data.image_size": _int_at_least(MIN_IMAGE_SIZE, 224),
     "data.batch_size": _int_at_least(1, 32),
@@ -104,6 +116,10 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "data.clahe_clip": check_clahe_clip,
     "seed": _seed,
     "data.seed": _seed,
+    "batch_size": _int_at_least(1, 64),
+    "chunk_size": _int_at_least(1, 1024),
+    "num_workers": _int_at_least(0, 0),
+    "cam_method": _one_of(CAM_METHODS),
 }
 # The data options a checkpoint records that decide how images become network inputs (its `data_config`;
 # the segmenter's own hyperparameters): a bad one there makes every output NaN or meaningless.

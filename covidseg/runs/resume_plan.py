@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from covidseg.checkpoints import read_checkpoint
 from covidseg.errors import UserError
 from covidseg.models.metrics import METRIC_NAMES
+from covidseg.outputs import layout
 from covidseg.runs.checks import check_config
 
 log = logging.getLogger(__name__)
 
 RESUME_KEY = "resume"
-LAST_CHECKPOINT = "last.ckpt"
+LAST_CHECKPOINT = layout.LAST
 RUN_RECORD_KEY = "covidseg_run"  # in every checkpoint: {"config": resolved config, "data": data_record()}
 DATA_COLUMNS = ("path", "label", "patient_id", "digest", "split")  # what data_record keeps of every image
 START_AGAIN = "Start a new run (without resume=true) in another hydra.run.dir / hydra.sweep.dir"
@@ -68,7 +69,7 @@ def last_checkpoint(cfg: DictConfig, out_dir: Path) -> Path:
     folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None) or OmegaConf.select(
         cfg, "callbacks.model_checkpoint.dirpath", default=None
     )
-    return Path(folder or out_dir / "checkpoints") / LAST_CHECKPOINT
+    return Path(folder or out_dir / layout.CHECKPOINTS) / LAST_CHECKPOINT
 
 
 def checkpoint_to_resume(cfg: DictConfig, out_dir: Path) -> Path | None:
@@ -112,7 +113,7 @@ def plan_resume(cfg: DictConfig, out_dir: Path, recorded_config: Path, sweep_job
 def finished_metrics(out_dir: Path) -> dict[str, Any] | None:
     """The folder's metrics.json if it is complete (every test metric), else None."""
     try:
-        metrics = json.loads((out_dir / "metrics.json").read_text())
+        metrics = json.loads((out_dir / layout.METRICS).read_text())
     except (OSError, ValueError):
         return None
     complete = isinstance(metrics, dict) and all(f"test/{m}" in metrics for m in METRIC_NAMES)
