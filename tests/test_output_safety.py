@@ -284,13 +284,14 @@ def test_predict_with_a_damaged_checkpoint_exits_2_naming_it(classifier_ckpt, tm
     )
 
 
-def test_checkpoints_written_without_crcs_still_load(tmp_path, monkeypatch):
+def test_checkpoints_written_without_crcs_still_load(tmp_path):
     """covidseg wrote its checkpoints without CRCs before it kept them: those load as before, unchecked (a
     flipped bit in one goes unnoticed; retraining gives a checked file)."""
     from torch.utils.serialization import config
 
-    monkeypatch.setattr(config.save, "compute_crc32", False)
-    torch.save({"epoch": 3, "state_dict": {"w": torch.ones(1000)}}, tmp_path / "old.ckpt")
+    # torch's own patch: pytest's monkeypatch deletes a config entry on undo, and every later save fails.
+    with config.patch({"save.compute_crc32": False}):
+        torch.save({"epoch": 3, "state_dict": {"w": torch.ones(1000)}}, tmp_path / "old.ckpt")
     with zipfile.ZipFile(tmp_path / "old.ckpt") as archive:
         assert not any(r.CRC for r in archive.infolist())
     assert read_checkpoint(tmp_path / "old.ckpt", HINT)["epoch"] == 3

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -294,7 +295,8 @@ def test_data_differences_name_removed_images_and_the_split_they_change(tmp_path
 def test_data_differences_name_labels_content_and_order(tmp_path):
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     first = data_record(_set_up(data, tmp_path / "c"))
-    Image.new("L", (32, 32), 7).save(data / "covid/5.png")  # same name, other pixels
+    other_pixels = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
+    Image.fromarray(other_pixels).save(data / "covid/5.png")  # same name, other content
     assert data_differences(first, data_record(_set_up(data, tmp_path / "c"))) == [
         "1 image(s) with another content (SHA-1) (e.g. 'covid/5.png')"
     ]

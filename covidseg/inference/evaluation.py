@@ -160,7 +160,7 @@ def evaluate_segmenter_and_write(
     hp = model.hparams
     table = datamodule.table
     rows = score_rows(table[table["split"] == "test"], model.test_results())
-    rows.to_csv(out_dir / SCORES_FILE, index=False)
+    write_csv(rows, out_dir / SCORES_FILE)
     metrics = {
         **summarize(rows),
         "n_train": len(datamodule.datasets["train"]),

@@ -41,6 +41,8 @@ def check_finite_outputs(probs: np.ndarray | torch.Tensor, names: list[str], sou
     half-precision run, and every such row would be reported as the negative class.
     """
     array = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+    if array.size == 0:  # no readable image: nothing to check (the caller says so)
+        return
     bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
         example = f" (e.g. {names[int(np.flatnonzero(bad)[0])]})" if len(names) == len(array) else ""
