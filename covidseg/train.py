@@ -22,7 +22,7 @@ from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
 from covidseg.explain.job_arrays import write_job_cams
 from covidseg.inference.evaluation import evaluate_and_write, evaluate_external
-from covidseg.masks import images_and_masks, mask_source
+from covidseg.masks import area_by_class, images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.outputs import layout
 from covidseg.runs.fit import fit_and_evaluate
@@ -47,9 +47,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_from is not None:  # before splits.csv, the first attempt's, is replaced
         check_same_data(resume_from, datamodule)
     datamodule.write_splits(out_dir / layout.SPLITS)
+    mask_area: dict[str, float] = {}  # metrics.json: the masks' lung area per class (covidseg.masks.area)
     if masks is not None:
         images, lung_masks = images_and_masks(masks, datamodule, datamodule.table)
-        masks.quality_report(datamodule.table, images, lung_masks, out_dir, seed=datamodule.seed)
+        stats = masks.quality_report(datamodule.table, images, lung_masks, out_dir, seed=datamodule.seed)
+        by_class = area_by_class(stats, datamodule.classes[-1])
+        if by_class is not None:
+            mask_area = by_class.metrics()
+            if by_class.warning():
+                log.warning("%s", by_class.warning())
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     data_config.pop("_target_")  # a plain record in the checkpoint, not something to instantiate
     data_config["segmenter"] = OmegaConf.to_container(cfg.segmenter, resolve=True)
@@ -89,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "recipe": cfg.recipe_name,
             "val/single_class_epochs": model.single_class_epochs,
             "optimized_metric": cfg.get("optimized_metric"),
+            **mask_area,
         }
         if datamodule.external:
             extra.update(evaluate_external(trainer, model, datamodule, out_dir, best))

@@ -9,9 +9,12 @@ from covidseg.masks._source import (
     shared_segmenter,
     trained_mask_source,
 )
+from covidseg.masks.area import AreaByClass, area_by_class
 
 __all__ = [
+    "AreaByClass",
     "MaskSource",
+    "area_by_class",
     "checkpoint_digest",
     "images_and_masks",
     "lung_area_fractions",
