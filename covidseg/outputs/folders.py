@@ -78,7 +78,7 @@ def fault_message(action: str, folder: str | Path, err: BaseException, alternati
         alternative: the other way out, e.g. 'give hydra.run.dir=<a writable folder>'.
 
     Returns:
-        The message, or None when `err` is not a file-system fault of the folder (it is then raised as it is).
+        The message, or None when `err` is not a file-system fault (fault).
     """
     found = fault(err)
     if found is None:
