@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """covidseg-eval: test the classifier cfg.ckpt_path on cfg.data (split cfg.data.split), preprocessed as
+    its checkpoint records; writes metrics.json and predictions.csv to the run folder.
+
+    Args:
+        cfg: the eval config (ckpt_path, data, segmenter.ckpt_path, trainer).
+
+    Returns:
+        The test metrics, as written to metrics.json.
+    """
     model = load_classifier(cfg.ckpt_path)
     datamodule = evaluation_datamodule(model, cfg.data, cfg.segmenter.ckpt_path)
     datamodule.setup("test")

@@ -16,6 +16,15 @@ from covidseg.runs.job import hydra_entry, run_dir
 
 
 def evaluate_segmenter(cfg: DictConfig) -> dict[str, Any]:
+    """covidseg-eval-segmenter: test the segmenter cfg.ckpt_path on every image of the mask sets of cfg.data,
+    at the checkpoint's own size and normalisation; writes metrics and overlays to the run folder.
+
+    Args:
+        cfg: the eval_segmenter config (ckpt_path, data, trainer, overlays).
+
+    Returns:
+        The test metrics, as written to metrics.json.
+    """
     model = load_segmenter(cfg.ckpt_path)
     hp = model.hparams
     datamodule = LungMaskDataModule(

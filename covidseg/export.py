@@ -44,6 +44,19 @@ def segmenter_masks(record: dict[str, Any], cache_dir: str, override: str | None
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
+    """covidseg-export: a classifier checkpoint (and its segmenter, if it was trained on masks) as ONNX and
+    TorchScript files with preprocessing.json, checked against PyTorch, written to cfg.out_dir together.
+
+    Args:
+        cfg: the export config (ckpt_path, out_dir, segmenter.ckpt_path, paths.cache_dir).
+
+    Returns:
+        {"out_dir": ..., "checks": the largest differences to PyTorch of each exported network}.
+
+    Raises:
+        UserError: the checkpoint records no data config, its segmenter is missing or another, or the
+            folder cannot take the files.
+    """
     ckpt = Path(cfg.ckpt_path)
     model = load_classifier(ckpt).eval()
     record = dict(model.hparams.data_config or {})

@@ -116,7 +116,15 @@ def leave_cams_for_report(
 ) -> None:
     """lung_energy.json and cam_gallery.npz from the tested model, so covidseg-report reloads nothing; raw
     runs measure against the segmenter's masks when one exists, as the report does. A failure only warns:
-    the report then computes them itself."""
+    the report then computes them itself.
+
+    Args:
+        cfg: the job's config (report.energy_images, report.cam_images, segmenter, paths, data.input).
+        out_dir: the job's folder.
+        model: the classifier with the tested weights.
+        datamodule: the job's data, set up.
+        masks: the run's MaskSource; None: the segmenter's, if its checkpoint exists.
+    """
     wanted = cfg.get("report") or {}
     start = time.perf_counter()
     try:

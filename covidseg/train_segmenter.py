@@ -16,6 +16,15 @@ from covidseg.runs.job import hydra_entry, run_dir
 
 
 def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
+    """covidseg-train-segmenter: fit cfg.model on the mask sets of cfg.data, then test the best checkpoint and
+    write metrics and overlays to the run folder.
+
+    Args:
+        cfg: the train_segmenter config (seed, data, model, segmenter, trainer, overlays, group).
+
+    Returns:
+        The run's metrics (fit_and_evaluate), as written to metrics.json.
+    """
     out_dir = run_dir()
     L.seed_everything(cfg.seed, workers=True)
     datamodule: LungMaskDataModule = instantiate(cfg.data)

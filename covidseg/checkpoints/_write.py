@@ -58,6 +58,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._stream: torch.cuda.Stream | None = None  # the background writer's CUDA stream
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        """Write `checkpoint` to `path` (Lightning's CheckpointIO hook), as the class describes.
+
+        A checkpoint equal to the one saved just before becomes a second name of that file; otherwise the
+        weights are written in line, or copied and written by the background thread.
+
+        Args:
+            checkpoint: Lightning's checkpoint dictionary; with `background`, copied before this returns.
+            path: the target file, replaced by rename.
+            storage_options: not supported; Lightning passes None.
+
+        Raises:
+            TypeError: `storage_options` was given.
+        """
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}.")
         target = Path(path)
@@ -181,6 +194,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise first
 
     def remove_checkpoint(self, path: Any) -> None:
+        """Delete the checkpoint at `path` and its spare, once the writes in flight (maybe to it) are done."""
         self.wait()
         if self._last is not None and self._last[1] == Path(path):
             self._last = None  # no longer a file to give a second name to

@@ -49,6 +49,7 @@ class Augmentation:
 
     @property
     def geometric(self) -> bool:
+        """Whether any range moves pixels (rotation, shift, zoom, flip); if not, draw skips the affine grid"""
         return bool(self.rotation or self.translate or self.hflip or tuple(self.scale) != (1.0, 1.0))
 
     def draw(self, images: torch.Tensor) -> AugmentParams:
@@ -101,7 +102,19 @@ def build_augmentation(
     contrast: float = 0.0,
     hflip: bool = False,
 ) -> Augmentation | None:
-    """The augmentation of a config's `augment:` keys; None when every range is zero (nothing to do)."""
+    """The augmentation of a config's `augment:` keys; None when every range is zero (nothing to do).
+
+    Args:
+        rotation: largest rotation, in degrees either way.
+        translate: largest shift, as a fraction of the image's width / height, either way.
+        scale: (low, high) range of the zoom factor.
+        brightness: ColorJitter's brightness amount (factor in [max(0, 1 - b), 1 + b]).
+        contrast: ColorJitter's contrast amount, drawn the same way.
+        hflip: whether half the images are flipped left to right.
+
+    Returns:
+        An Augmentation, or None when it would leave every image as it is.
+    """
     augmentation = Augmentation(
         float(rotation), float(translate), (float(scale[0]), float(scale[1])), float(brightness),
         float(contrast), bool(hflip),

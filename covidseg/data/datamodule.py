@@ -279,6 +279,7 @@ class CXRDataModule(ArrayDataModule):
 
     # -- what the model and entry points need -----------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
+        """The number of images of each class (in `classes` order) in `split`."""
         targets = self.datasets[split].targets
         return [int((targets == i).sum()) for i in range(len(self.classes))]
 
@@ -296,10 +297,12 @@ class CXRDataModule(ArrayDataModule):
         return weights.tolist()
 
     def write_splits(self, path: str | Path) -> None:
+        """The run's splits.csv at `path`: one row per image with its split (split.write_splits)."""
         write_splits(self.table, path)
 
     # -- loaders --------------------------------------------------------------------------------
     def describe_empty(self, split: str) -> str:
+        """The UserError message for an empty `split`, with the data set's counts and what to change."""
         return f"The {split} split is empty ({self.stats}); use more data or other split ratios."
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
@@ -319,15 +322,17 @@ class CXRDataModule(ArrayDataModule):
         return self.sampler_generator
 
     def state_dict(self) -> dict[str, Any]:
-        # Lightning stores this in every checkpoint and hands it to load_state_dict on resume, before it
-        # asks for the train loader.
+        """The weighted sampler's generator state: Lightning stores it in every checkpoint and hands it to
+        load_state_dict on resume, before it asks for the train loader."""
         return (
             {"sampler_generator": self._sampler_generator().get_state()} if self.balance == "sampler" else {}
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the sampler generator saved by state_dict: a resumed fit draws the same batches."""
         if "sampler_generator" in state_dict:
             self._sampler_generator().set_state(state_dict["sampler_generator"])
 
     def predict_dataloader(self) -> DataLoader | DeviceBatches:
+        """The loader of the test split: predict runs over the same images as test."""
         return self._loader("test")

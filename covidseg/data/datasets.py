@@ -34,7 +34,18 @@ def model_input(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, 1, H, W) (array, array view or tensor) as the network's float input
-    (N, 1, H, W): scaled to [0, 1], passed through `augment` (training only), then (x - mean) / std."""
+    (N, 1, H, W): scaled to [0, 1], passed through `augment` (training only), then (x - mean) / std.
+
+    Args:
+        images: uint8 images; a read-only numpy array (a memory map) is copied first.
+        mean: the normalisation mean, on the [0, 1] scale.
+        std: the normalisation standard deviation, on the [0, 1] scale.
+        device: where the batch goes before the float conversion (uint8 moves 4x fewer bytes); None: stays.
+        augment: applied to the [0, 1] images before normalisation; None outside training.
+
+    Raises:
+        TypeError: the images are not uint8.
+    """
     if not isinstance(images, torch.Tensor):
         array = np.asarray(images)
         images = torch.from_numpy(array if array.flags.writeable else array.copy())  # e.g. a read-only map
@@ -95,7 +106,16 @@ def array_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader of uint8 (images, targets) batches over an ArrayDataset."""
+    """A DataLoader of uint8 (images, targets) batches over an ArrayDataset.
+
+    Args:
+        dataset: the images and targets; read one batch at a time (keep_batch collates nothing).
+        batch_size: images per batch.
+        shuffle: whether each epoch visits the images in a new order (not with `sampler`).
+        sampler: e.g. a WeightedRandomSampler; None: DataLoader's sequential or random sampler.
+        num_workers: worker processes (auto_workers chooses); kept alive between epochs when > 0.
+        pin_memory: page-locked batches, for faster copies to a GPU.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -223,4 +243,5 @@ class ArrayDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def split_sizes(self) -> dict[str, int]:
+        """The number of images in each split that has a dataset, in train, val, test order."""
         return {s: len(self.datasets[s]) for s in SPLITS if s in self.datasets}

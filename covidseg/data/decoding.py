@@ -149,7 +149,18 @@ def orientation(image: Image.Image) -> int:
 
 
 def check_size(path: str | Path, width: int, height: int, min_side: int = 0) -> None:
-    """The size checks of `check_image` on a recorded width x height (a cache hit must not bypass them)."""
+    """The size checks of `check_image` on a recorded width x height (a cache hit must not bypass them).
+
+    Args:
+        path: the image file, named in the message.
+        width: its width in pixels, as displayed (EXIF orientation applied).
+        height: its height in pixels, likewise.
+        min_side: the smallest width or height accepted; 0 accepts any.
+
+    Raises:
+        BadImage: a side under `min_side` (too_small), or more pixels than Image.MAX_IMAGE_PIXELS as it is
+            now (too_large).
+    """
     if min(width, height) < min_side:
         raise BadImage(
             f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} px on each side "
@@ -206,7 +217,20 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
 
 
 def decode(path: str | Path, size: int, min_side: int = 0, data: bytes | None = None) -> np.ndarray:
-    """Read one image file (or its bytes, if given) and return it as a (size, size) uint8 array."""
+    """Read one image file (or its bytes, if given) and return it as a (size, size) uint8 array.
+
+    Args:
+        path: the image file; named in refusals even when `data` is given.
+        size: the side of the square result (box resampling, stretched, not padded).
+        min_side: the smallest width or height accepted; 0 accepts any.
+        data: the file's bytes when the caller has already read them (to hash them); None: read `path`.
+
+    Returns:
+        The decoded image, by the module docstring's convention.
+
+    Raises:
+        BadImage: the file is refused (unreadable, undecodable, blank, too small or too large).
+    """
     data = read_image_bytes(path) if data is None else data
     gray = full_resolution(path, data, min_side)
     resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BOX)

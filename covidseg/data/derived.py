@@ -57,7 +57,21 @@ def masked_inputs(
 ) -> ArrayView:
     """apply_masks(images, masks, ...) as a view on `<cache>/masked/<out_size>/`, computed only for rows the
     store lacks. A row's key covers all it depends on: the image (content digest, preprocessing tag, load
-    size), its mask (MaskSource.mask_keys) and the mask settings."""
+    size), its mask (MaskSource.mask_keys) and the mask settings.
+
+    Args:
+        cache_root: the image cache's folder (data.cache_dir).
+        images: the decoded uint8 images (N, S, S), one per digest.
+        image_digests: the content digests of `images`, in order.
+        masks: 0/1 lung masks (N, S, S), aligned with `images`.
+        mask_keys: what identifies each mask (MaskSource.mask_keys).
+        mode: segmented or lungs_removed (apply_masks).
+        crop_to_lungs: crop each image to its lung box before resizing.
+        crop_margin: the box's margin, as a fraction of the image size.
+        background: the uint8 value of the pixels masked out.
+        out_size: the side of the stored inputs.
+        preprocessing: the tag of the images' preprocessing (intensity), part of each key.
+    """
     store = ArrayStore(Path(cache_root) / "masked" / str(out_size), (out_size, out_size), content=DECODED)
     load_size = int(images.shape[-1])
     settings = (mode, bool(crop_to_lungs), float(crop_margin), int(background), preprocessing, load_size)

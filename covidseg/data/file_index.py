@@ -131,11 +131,13 @@ def damaged(err: sqlite3.DatabaseError) -> bool:
 
 
 def remove_sqlite(path: Path) -> None:
+    """Delete an SQLite database and its side files (write-ahead log, shared memory, rollback journal)."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
+    """Consecutive slices of at most `size` items (SQLite limits the parameters of one statement)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -252,4 +254,5 @@ class FileIndex:
             self._rebuild(err)  # the entries are simply recorded next time
 
     def close(self) -> None:
+        """Close the database connection."""
         self.con.close()

@@ -55,6 +55,7 @@ APPEND_BYTES = 32 << 20  # decoded arrays appended to the store per batch (what 
 
 
 def file_digest(path: str | Path) -> str:
+    """SHA-1 hex digest of a file's bytes: the content key of images, mask files and checkpoints."""
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
@@ -110,12 +111,14 @@ class ImageCache:
 
     @property
     def index(self) -> FileIndex:
+        """The file index (`<root>/files.sqlite`), opened on first use."""
         if self._index is None:
             self._index = FileIndex(self.root)
         return self._index
 
     @property
     def store(self) -> ArrayStore:
+        """The array store of this size and preprocessing (`folder`), opened on first use."""
         if self._store is None:
             self._store = ArrayStore(self.folder, (self.size, self.size), content=DECODED)
         return self._store

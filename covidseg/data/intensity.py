@@ -35,11 +35,29 @@ def check_equalize(mode: str, clahe_clip: float) -> None:
 
 
 def check_equalize_mode(key: str, mode: object) -> None:
+    """Refuse an equalisation mode other than EQUALIZE_MODES.
+
+    Args:
+        key: the config key that holds `mode`, named in the message.
+        mode: the value to check.
+
+    Raises:
+        UserError: `mode` is not one of EQUALIZE_MODES.
+    """
     if mode not in EQUALIZE_MODES:
         raise UserError(f"{key} must be one of {list(EQUALIZE_MODES)}, got {mode!r}. Set e.g. {key}=clahe.")
 
 
 def check_clahe_clip(key: str, clip: object) -> None:
+    """Refuse a CLAHE clip limit that is not a number > 0 (booleans and nan included).
+
+    Args:
+        key: the config key that holds `clip`, named in the message.
+        clip: the value to check.
+
+    Raises:
+        UserError: `clip` is not a number > 0.
+    """
     number = isinstance(clip, (int, float)) and not isinstance(clip, bool)
     if not (number and clip > 0):  # also refuses nan
         raise UserError(f"{key} must be a number > 0, got {clip!r}. Set e.g. {key}=2.0.")

@@ -50,6 +50,7 @@ class ManifestReport:
     files_outside_class_folders: int = 0  # class folders: images lying directly in the dataset folder
 
     def stats(self) -> dict[str, Any]:
+        """The report's counts as a flat dictionary for metrics.json (n_unsupported_files: their total)."""
         return {
             "stripped_labels": self.stripped_labels,
             "stripped_patient_ids": self.stripped_patient_ids,

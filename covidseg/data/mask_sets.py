@@ -57,7 +57,20 @@ def set_name(root: str | Path) -> str:
 
 def split_mask_set(table: pd.DataFrame, root: Path, ratios: Mapping[str, float], seed: int) -> pd.Series:
     """train/val/test of each row of one mask set: by its `patient_id` column (no patient in two splits),
-    or by image, with a warning, when the set has no such column."""
+    or by image, with a warning, when the set has no such column.
+
+    Args:
+        table: the set's metadata.csv rows (`image`, optionally `patient_id`), indexed by row number.
+        root: the set's folder, named in messages.
+        ratios: the fraction of patients in each split (split_by_patient).
+        seed: the random seed of the split.
+
+    Returns:
+        The split of each row, aligned with `table`.
+
+    Raises:
+        UserError: a `patient_id` cell is empty.
+    """
     if "patient_id" in table.columns:
         blank = table["patient_id"].str.strip() == ""
         if blank.any():

@@ -32,6 +32,12 @@ def ordered_map(
 
     `fn` must be a module-level function (it is pickled by reference). Closing the iterator early (a
     consumer that stops at an error) cancels the tasks not yet started.
+
+    Args:
+        fn: the work on one task; its result must pickle.
+        tasks: the inputs, in order.
+        workers: processes (forked) at most; 1, or fewer than PARALLEL_MIN tasks, runs them here.
+        description: what is done (e.g. "Decoding images"), for the log and the progress bar.
     """
     if not tasks:
         return

@@ -175,5 +175,6 @@ class LungMaskDataModule(ArrayDataModule):
             )
 
     def describe_empty(self, split: str) -> str:
+        """The UserError message for an empty `split`, naming the mask sets it was drawn from."""
         sets = ", ".join(str(r) for r in self.roots)
         return f"The {split} split of {sets} is empty; use more images or other split ratios."

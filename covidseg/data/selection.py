@@ -24,10 +24,23 @@ def select_classes(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Keep rows whose label is in `classes` (in that order: index = position) and count the rest.
 
-    on_unknown_label: `drop` (count, warn, continue) or `error`. require_all=False (evaluation) accepts a
-    data set without some of the classes, e.g. an external COVID-only set. Labels that differ from a
-    class only in case ("COVID" vs "covid") are always an error: dropping them would lose a class silently.
-    Returns the kept rows with a `target` column, and {label: count} of the rows left out.
+    Labels that differ from a class only in case ("COVID" vs "covid") are always an error: dropping them
+    would lose a class silently.
+
+    Args:
+        table: the manifest (`label`, `path` columns).
+        classes: data.classes, at least two distinct names.
+        on_unknown_label: `drop` (count, warn, continue) or `error`.
+        source: the data set's name in messages ('' -> "dataset").
+        require_all: False (evaluation) accepts a data set without some of the classes, e.g. an external
+            COVID-only set (but not one with none of them).
+
+    Returns:
+        The kept rows with a `target` column, and {label: count} of the rows left out.
+
+    Raises:
+        UserError: bad `classes` or `on_unknown_label`, a case mismatch, a missing class, or (with `error`)
+            a label not in `classes`.
     """
     classes = list(classes)
     if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -134,7 +147,17 @@ def check_external_sets(
     folders: Sequence[Path], classes: Sequence[str], table: pd.DataFrame, root: Path
 ) -> None:
     """Each data.external folder is a data set with at least one of `classes`, is named uniquely (its folder
-    name names its metrics) and shares no image file with the training data (`table`, read from `root`)."""
+    name names its metrics) and shares no image file with the training data (`table`, read from `root`).
+
+    Args:
+        folders: the data.external folders, in config order.
+        classes: data.classes.
+        table: the training data set's manifest (`file` column).
+        root: data.root, named in messages.
+
+    Raises:
+        UserError: a folder breaks one of these rules or cannot be read as a data set.
+    """
     names: dict[str, Path] = {}
     own_files = set(table["file"])
     for i, folder in enumerate(folders):

@@ -119,6 +119,19 @@ def fold_by_patient(
 
     test = that fold; val = patients of the other folds, stratified by label, for a share of their
     images of val / (train + val) of `ratios` (ratios' test share is not used); train = the rest.
+
+    Args:
+        table: the manifest (`patient_id`, `label` columns).
+        folds: data.folds, the number of folds.
+        fold: data.fold, the fold held out as test (0-based).
+        ratios: data.split_ratios; its train and val shares must be > 0.
+        seed: the seed of the folds and of the inner train/val split.
+
+    Returns:
+        The split of each row, aligned with `table`.
+
+    Raises:
+        UserError: `fold` is not a fold of `folds`, or a train or val share is 0.
     """
     check_folds(folds, fold)
     shares = _normalised(ratios)

@@ -235,6 +235,7 @@ class ArrayStore:
         return ArrayView(self.data_path, self.id, self.row_shape, self.dtype, rows)
 
     def close(self) -> None:
+        """Close the row index's database connection; closing twice does nothing."""
         if self.con is not None:
             self.con.close()
             self.con = None
@@ -274,14 +275,17 @@ class ArrayView:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """(rows in the view, *row shape), as a numpy array's."""
         return (len(self.rows), *self.row_shape)
 
     @property
     def ndim(self) -> int:
+        """The number of axes, as a numpy array's."""
         return 1 + len(self.row_shape)
 
     @property
     def nbytes(self) -> int:
+        """The bytes the view's rows hold once read (not the store's size)."""
         return math.prod(self.shape) * self.dtype.itemsize
 
     def __len__(self) -> int:

@@ -60,6 +60,18 @@ def apply_masks(
 
     With crop_to_lungs, each image is cropped to its lung box (+ margin) and resized to `out_size`
     (default: the input size); load images at a larger size first so the crop keeps detail.
+
+    Args:
+        images: uint8 images (N, H, W).
+        masks: 0/1 lung masks (N, H, W), one per image.
+        mode: segmented or lungs_removed.
+        crop_to_lungs: crop each image to its mask's bounding box (lung_box).
+        crop_margin: the box's margin, as a fraction of the image size.
+        background: the uint8 value of the pixels masked out.
+        out_size: the side of the result; None keeps the input size.
+
+    Raises:
+        ValueError: an unknown `mode`.
     """
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mode!r}")
@@ -74,7 +86,17 @@ def apply_masks(
 
 
 def masks_as_seen(masks: np.ndarray, crop_to_lungs: bool, crop_margin: float, size: int) -> np.ndarray:
-    """Lung masks in the classifier's frame: cropped like the images (crop_to_lungs) and resized to `size`."""
+    """Lung masks in the classifier's frame: cropped like the images (crop_to_lungs) and resized to `size`.
+
+    Args:
+        masks: 0/1 masks (N, H, W) at the images' load size.
+        crop_to_lungs: crop each mask to its own lung box, as apply_masks crops its image.
+        crop_margin: the box's margin, as a fraction of the image size.
+        size: the side of the result (the model's input size).
+
+    Returns:
+        uint8 masks (N, size, size); an empty (0, size, size) array for no masks.
+    """
     out = [
         resize_mask(crop_to_box(mask, mask, crop_margin) if crop_to_lungs else mask, size) for mask in masks
     ]

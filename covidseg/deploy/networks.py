@@ -102,7 +102,21 @@ def largest_differences(
 ) -> dict[str, float]:
     """Largest absolute difference between PyTorch's output and each exported file's (its bytes), on random
     batches of the given sizes (other sizes than the one exported with: the batch axis must really be
-    dynamic)."""
+    dynamic).
+
+    Args:
+        net: the network on the CPU, in eval mode.
+        onnx_model: the ONNX file's bytes.
+        torchscript: the TorchScript file's bytes.
+        size: the input's side in pixels.
+        batches: the batch sizes tried, one seeded random batch each.
+
+    Returns:
+        {"onnx_max_abs_diff": ..., "torchscript_max_abs_diff": ...} over all batches.
+
+    Raises:
+        UserError: PyTorch's own output is NaN or infinite (no difference would show it).
+    """
     session, scripted = onnx_session(onnx_model), load_torchscript(torchscript)
     onnx_diff = script_diff = 0.0
     with torch.no_grad():
@@ -120,6 +134,12 @@ def export_network(
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """ONNX and TorchScript files of one network, named <stem>.onnx and <stem>.torchscript.pt, checked
     against PyTorch before anything is written.
+
+    Args:
+        net: the trained network; moved to the CPU and put in eval mode.
+        size: the input's side in pixels (the batch axis stays dynamic).
+        stem: the files' name without suffix (e.g. classifier, segmenter).
+        output_name: the name of the ONNX output (e.g. logits).
 
     Returns:
         the record for export_record (file names, opset, input, output, the checks), and the files' bytes

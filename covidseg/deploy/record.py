@@ -81,6 +81,7 @@ def decision(classes: list[str]) -> dict[str, Any]:
 
 
 def segmenter_section(masks: MaskSource, export: dict[str, Any]) -> dict[str, Any]:
+    """The segmenter's part of preprocessing.json: its checkpoint, settings and steps from image to mask."""
     post = dict(masks.postprocess)
     size = masks.image_size
     return {
@@ -117,7 +118,16 @@ def build_record(
     masks: MaskSource | None,
     segmenter_export: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The content of preprocessing.json."""
+    """The content of preprocessing.json: what a deployment must do to an image, and what the outputs mean.
+
+    Args:
+        model: the trained classifier; its recorded data config gives the preprocessing.
+        ckpt_path: the classifier's checkpoint, recorded with its digest.
+        ckpt_sha1: the checkpoint file's SHA-1 (file_digest).
+        classifier_export: the classifier's record from export_network.
+        masks: the lung masks the classifier was trained with; None for input=raw.
+        segmenter_export: the segmenter's record from export_network; None without masks.
+    """
     recorded = dict(model.hparams.data_config or {})
     data = CXRDataModule.from_record(recorded, cache_dir=None)  # defaults for keys older records lack
     classes = list(model.class_names)

@@ -192,14 +192,24 @@ def cam_maps(
 ) -> np.ndarray:
     """Grad-CAM (or Grad-CAM++) maps of a batch, (N, H, W) float32 in [0, 1] at the input resolution.
 
-    ``target_class``: the class to explain, the same for every image; None explains each image's predicted
-    class. ``binary``: the model has ONE logit for two classes (inferred from the output width when None);
-    class 1 (covid) explains the logit, class 0 its negation (pytorch_grad_cam's
-    ``BinaryClassifierOutputTarget``). Otherwise the class's logit is explained (``ClassifierOutputTarget``).
-    ``target_layer``: a module, a dotted name, or None for ``find_target_layer``.
-
     Each map is min-max scaled per image by pytorch_grad_cam; an all-zero map (no positive evidence) stays 0.
     The model is put in eval mode for the computation and its train/eval mode is restored afterwards.
+
+    Args:
+        model: the classification network (logits out).
+        images: a normalised (N, C, H, W) batch; moved to the model's device.
+        target_class: the class to explain, the same for every image; None explains each image's predicted
+            class.
+        method: gradcam or gradcam++ (CAM_METHODS).
+        target_layer: a module, a dotted name, or None for ``find_target_layer``.
+        binary: the model has ONE logit for two classes (inferred from the output width when None); class 1
+            (covid) explains the logit, class 0 its negation (pytorch_grad_cam's
+            ``BinaryClassifierOutputTarget``). Otherwise the class's logit is explained.
+        reshape_transform: turns a transformer layer's tokens into a (N, C, h, w) map; None for CNNs.
+
+    Raises:
+        ValueError: an unknown method or layer, images that are not a 4-D tensor, `binary` with more than
+            one logit, or a `target_class` out of range.
     """
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget

@@ -68,7 +68,18 @@ def lung_energy_summary(
 ) -> dict[str, Any]:
     """Mean share of Grad-CAM mass inside the lung mask over (up to max_images of) the test images.
 
-    masks_seen(indices): the lung masks of those test images in the classifier's frame."""
+    The predicted class is explained; `lung_area` (the mean lung share of the image) is what a CAM spread
+    evenly would score, the baseline to compare with.
+
+    Args:
+        model: the tested classifier.
+        datamodule: the job's data, set up; its test split is measured.
+        masks_seen: masks_seen(indices) -> the lung masks of those test images in the classifier's frame.
+        max_images: test images measured at most (energy_picks).
+
+    Returns:
+        {"lung_energy", "lung_area", "n_images" (maps with lung mass defined), "max_images"}.
+    """
     picks = energy_picks(len(datamodule.datasets["test"]), max_images)
     lungs = np.asarray(masks_seen(picks))  # max_images masks at most
     layer = resolve_target_layer(model.net, None)  # found once, not per batch: a search costs a forward pass
@@ -121,7 +132,15 @@ def gallery_arrays(
 ) -> dict[str, np.ndarray]:
     """What cam_gallery.png shows of one model, for its `k` gallery test images: picks, labels, the images
     unmasked and as seen, lung masks (when there are), the positive probability and both CAMs of the
-    positive class. unmasked(picks): the images before masking and their lung masks (or None)."""
+    positive class (uint8, 0..255: shown as heat maps).
+
+    Args:
+        model: the tested classifier.
+        datamodule: the job's data, set up.
+        labels: the label of each test image, in test order.
+        unmasked: unmasked(picks) -> the images before masking and their lung masks (or None).
+        k: gallery images (gallery_picks).
+    """
     test = datamodule.datasets["test"]
     picks = gallery_picks(test.targets.numpy(), k)
     x = inputs_for_test_images(datamodule, picks)
@@ -185,7 +204,16 @@ def write_job_cams(
     cam_images: int,
 ) -> None:
     """At the end of a training job (model = the tested weights): lung_energy.json (not without `masks`: a raw
-    run without a segmenter has no lung masks) and cam_gallery.npz; 0 images skips either."""
+    run without a segmenter has no lung masks) and cam_gallery.npz; 0 images skips either.
+
+    Args:
+        out_dir: the job's folder.
+        model: the classifier with the tested weights.
+        datamodule: the job's data, set up; nothing is written for an empty test split.
+        masks: the lung masks (also for raw input, when a segmenter exists); None: no lung energy.
+        energy_images: test images measured for lung_energy.json.
+        cam_images: gallery images in cam_gallery.npz.
+    """
     test = datamodule.datasets["test"]
     if not len(test):
         return

@@ -39,8 +39,18 @@ def evaluate_split(
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Test `model` (from ckpt_path if given) on the datamodule's test split.
 
-    Returns the metrics as {<metric>: value} (METRIC_NAMES, loss, confusion, n, n_patients) and one row
-    per tested image: path, label, patient_id, target, [source], prob_<class>...
+    Args:
+        trainer: the Lightning trainer that runs the test.
+        model: the classifier; its test_results give the probabilities and the confusion matrix.
+        datamodule: the data, set up for test.
+        ckpt_path: the checkpoint to test (e.g. best.ckpt); None tests `model`'s weights as they are.
+
+    Returns:
+        the metrics as {<metric>: value} (METRIC_NAMES, loss, confusion, n, n_patients) and one row
+        per tested image: path, label, patient_id, target, [source], prob_<class>...
+
+    Raises:
+        UserError: the model's outputs are NaN or infinite.
     """
     scores = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     results = model.test_results()
@@ -69,7 +79,19 @@ def evaluate_and_write(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Test on the datamodule's test split; write metrics.json (test/<metric>, the data's counts, `extra`)
-    and predictions.csv (one row per test image)."""
+    and predictions.csv (one row per test image).
+
+    Args:
+        trainer: the Lightning trainer that runs the test.
+        model: the classifier.
+        datamodule: the data, set up for test.
+        out_dir: the run folder.
+        ckpt_path: the checkpoint to test; None tests `model` as it is.
+        extra: more keys for metrics.json (e.g. the fit's info, the checkpoint path).
+
+    Returns:
+        The metrics as written to metrics.json.
+    """
     scores, rows = evaluate_split(trainer, model, datamodule, ckpt_path)
     metrics: dict[str, Any] = {f"test/{m}": scores[m] for m in (*METRIC_NAMES, "loss", "confusion")}
     metrics["classes"] = model.class_names
@@ -89,7 +111,15 @@ def evaluate_external(
 ) -> dict[str, Any]:
     """Test on every image of each of `datamodule.external` (a training run's other-hospital sets), as
     `covidseg-eval ckpt_path=<best.ckpt> data.root=<folder>` would; write predictions_<name>.csv and return
-    external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients) and `external_sets`."""
+    external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients) and `external_sets`.
+
+    Args:
+        trainer: the Lightning trainer that runs the tests.
+        model: the classifier.
+        datamodule: the training run's data; its masks, batch size and cache serve the external sets too.
+        out_dir: the run folder.
+        ckpt_path: the checkpoint to test; None tests `model` as it is.
+    """
     metrics: dict[str, Any] = {"external_sets": {f.name: str(f.resolve()) for f in datamodule.external}}
     for folder in datamodule.external:
         data = {
@@ -116,10 +146,18 @@ def evaluation_datamodule(
     """The training run's preprocessing (size, normalisation, input mode) on the data asked for:
     covidseg-eval, a run's external sets and covidseg-predict all build their data this way.
 
-    `data` gives batch_size and cache_dir, and optionally root (default: the training folder), split (`all`,
-    the default, or train/val/test of split_file), on_unknown_label (default drop) and on_bad_image (default:
-    the training run's). Masks come from `masks` if given (a training run's own), else from the segmenter the
-    classifier was trained with (`segmenter_ckpt` overrides its path; a missing or changed one is refused)."""
+    Args:
+        model: the trained classifier; its recorded data config gives the preprocessing.
+        data: batch_size and cache_dir, and optionally root (default: the training folder), split (`all`,
+            the default, or train/val/test of split_file), on_unknown_label (default drop) and on_bad_image
+            (default: the training run's).
+        segmenter_ckpt: overrides the path of the segmenter the classifier was trained with.
+        masks: the masks to use (a training run's own); None: from that segmenter (a missing or changed one
+            is refused).
+
+    Raises:
+        UserError: a split other than `all` without split_file, or the segmenter is missing or changed.
+    """
     trained = dict(model.hparams.data_config or {})
     split, split_file = data.get("split", "all"), data.get("split_file")
     if split != "all" and not split_file:
@@ -155,7 +193,20 @@ def evaluate_segmenter_and_write(
 ) -> dict[str, Any]:
     """Dice, IoU and HD95 on the test split (post-processed masks), overall, per mask set and per source or
     finding (covidseg.inference.segmenter_scores); writes metrics.json, segmentation_scores.csv and
-    overlays.png."""
+    overlays.png.
+
+    Args:
+        trainer: the Lightning trainer that runs the test.
+        model: the segmenter.
+        datamodule: the mask sets, set up for test.
+        out_dir: the run folder.
+        ckpt_path: the checkpoint to test; None tests `model` as it is.
+        overlays: test images drawn in overlays.png, evenly spaced; < 1 writes none.
+        extra: more keys for metrics.json.
+
+    Returns:
+        The metrics as written to metrics.json.
+    """
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     hp = model.hparams
     table = datamodule.table

@@ -27,7 +27,16 @@ def overlay_grid(
     titles: Sequence[str] | None = None,
     columns: int = 6,
 ) -> None:
-    """A contact sheet: each image with the predicted (red) and, if given, true (green) lung contours."""
+    """A contact sheet: each image with the predicted (red) and, if given, true (green) lung contours.
+
+    Args:
+        images: uint8 grayscale images (H, W).
+        predicted: 0/1 predicted masks, one per image.
+        truth: 0/1 hand-drawn masks, one per image; None draws none.
+        path: the PNG file written.
+        titles: a short title per image; None: untitled.
+        columns: images per row.
+    """
     plt = pyplot()
     n = len(images)
     rows = max(1, -(-n // columns))

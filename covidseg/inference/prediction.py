@@ -130,14 +130,24 @@ def prediction_datamodule(
     model: Classifier, cache_dir: str, batch_size: int, segmenter_ckpt: str | None = None
 ) -> CXRDataModule:
     """The data module the classifier was trained with (size, intensity, input mode, its segmenter checked
-    against the recorded SHA-1), for preparing new images with CXRDataModule.prediction_inputs."""
+    against the recorded SHA-1), for preparing new images with CXRDataModule.prediction_inputs.
+
+    Args:
+        model: the trained classifier.
+        cache_dir: the image cache's folder.
+        batch_size: images per batch.
+        segmenter_ckpt: overrides the recorded segmenter path (e.g. after moving the run folders).
+
+    Raises:
+        UserError: the segmenter is missing or not the recorded one.
+    """
     return evaluation_datamodule(model, {"batch_size": batch_size, "cache_dir": cache_dir}, segmenter_ckpt)
 
 
 def predicted_classes(probs: np.ndarray, class_names: list[str]) -> tuple[list[str], Any]:
     """Each image's predicted class and the rule's threshold: covidseg.models.metrics' threshold on the
-    positive
-    class (the last) for two classes, the most probable class ('argmax') for more."""
+    positive class (the last) for two classes, the most probable class ('argmax') for more.
+    """
     if len(class_names) == 2:
         positive = predicted_positive(probs[:, 1])
         return [class_names[int(p)] for p in positive], POSITIVE_THRESHOLD
@@ -148,7 +158,13 @@ def prediction_rows(
     shown: list[str], table: pd.DataFrame, probs: np.ndarray, class_names: list[str]
 ) -> pd.DataFrame:
     """predictions.csv rows of one batch of files: path, prob_<class>..., predicted, threshold, error.
-    `table` (CXRDataModule.prediction_inputs) marks the unreadable files; `probs` has the readable ones'."""
+
+    Args:
+        shown: each file's path as the user gave it, in order.
+        table: CXRDataModule.prediction_inputs' table; its `error` column marks the unreadable files.
+        probs: class probabilities (readable files, class_names order); unreadable files get NaN.
+        class_names: the classifier's classes.
+    """
     rows = pd.DataFrame({"path": shown})
     readable = table["error"].isna().to_numpy()
     for i, name in enumerate(class_names):
@@ -171,7 +187,16 @@ def save_overlay(
     title: str,
 ) -> None:
     """One image's PNG: the image (with its lung contour for masked input), and the network's input with
-    the Grad-CAM heat map of the predicted class."""
+    the Grad-CAM heat map of the predicted class.
+
+    Args:
+        path: the PNG file written.
+        image: the uint8 image as loaded.
+        lung_mask: its 0/1 lung mask; None for raw input.
+        seen: the network's input as uint8 (masked and cropped like the model saw it).
+        cam: the Grad-CAM map in [0, 1], stretched over `seen`.
+        title: the figure's title (e.g. the file and its prediction).
+    """
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)

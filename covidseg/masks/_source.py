@@ -168,6 +168,7 @@ class MaskSource:
             return list(self.model.predict_masks(model_input(images, self.mean, self.std, self.device)))
 
     def stats(self) -> dict[str, Any]:
+        """The segmenter's path and SHA-1 and the mask cache's hits and misses, for metrics.json."""
         return {
             "segmenter_ckpt": str(self.ckpt_path),
             "segmenter_sha1": self.ckpt_digest,
@@ -186,7 +187,19 @@ class MaskSource:
     ) -> pd.DataFrame:
         """mask_stats.csv (lung area fraction per image, implausible ones flagged, also in the log) and
         masks_overview.png (a sample of each class with the predicted lung contour; up to half of each
-        row are flagged images, marked "!")."""
+        row are flagged images, marked "!").
+
+        Args:
+            table: the images' rows (path, label, patient_id), aligned with `images` and `masks`.
+            images: the uint8 images the masks were predicted for.
+            masks: their 0/1 lung masks.
+            out_dir: the run folder.
+            per_class: images shown per class (one row each).
+            seed: the seed of the random sample of typical masks.
+
+        Returns:
+            The mask_stats.csv table.
+        """
         out_dir = Path(out_dir)
         area = lung_area_fractions(masks)
         stats = table[["path", "label", "patient_id"]].copy()
@@ -255,6 +268,13 @@ def mask_source(
     None for raw input, unless `optional` (the report measures where raw models look, when a segmenter
     exists); a missing checkpoint is an error only when the masks are needed. Settings the group does
     not give keep MaskSource's defaults.
+
+    Args:
+        segmenter: the `segmenter` config group (ckpt_path, postprocess, batch_size, background, ...).
+        cache_dir: the cache folder of images and masks.
+        input_mode: data.input (raw, segmented, lungs_removed).
+        ckpt_path: the segmenter checkpoint to use instead of the group's.
+        optional: give a source for raw input too, when the checkpoint exists.
     """
     if input_mode == "raw" and not optional:
         return None
@@ -274,6 +294,12 @@ def trained_mask_source(
 
     A missing file, or one whose SHA-1 differs from the one recorded at training, is a UserError: other
     masks would silently give other predictions. Records written before the SHA-1 was kept only warn.
+
+    Args:
+        record: the recorded segmenter settings (ckpt_path, sha1, postprocess, ...).
+        cache_dir: the cache folder of images and masks.
+        input_mode: the classifier's data.input.
+        ckpt_path: overrides the recorded checkpoint path.
     """
     if input_mode == "raw":
         return None

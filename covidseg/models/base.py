@@ -24,6 +24,15 @@ def warmup_cosine(
     Warm-up keeps the first updates small while the batch-norm statistics and Adam's moment estimates of a
     network trained from scratch are still noise; the decay lets the last epochs settle instead of jumping
     between solutions, so the epoch kept as best depends less on luck.
+
+    Args:
+        optimizer: the optimizer whose learning rate is scheduled.
+        total_steps: optimizer steps of the whole fit (at least 1 is used).
+        warmup_share: the share of the steps spent warming up, in [0, 1).
+        final_share: the learning rate at the last step, as a share of the optimizer's, in [0, 1].
+
+    Raises:
+        UserError: a share is out of its range.
     """
     if not 0 <= warmup_share < 1 or not 0 <= final_share <= 1:
         raise UserError(

@@ -50,6 +50,17 @@ def create_backbone(
     `pretrained_file` (model.pretrained_file): start from the weights in that local file instead of timm's
     download (timm's `pretrained_cfg_overlay=dict(file=...)`); timm adapts the first convolution to
     `in_chans` and drops the file's classification head when the number of outputs differs.
+
+    Args:
+        name: model.backbone, a timm model name.
+        pretrained: start from timm's pretrained weights (ignored with `pretrained_file`).
+        num_outputs: outputs of the classification head (1 logit for two classes).
+        in_chans: input channels (1: grayscale).
+        pretrained_file: a local weights file; None: timm's weights or none.
+        **kwargs: more timm.create_model arguments (e.g. drop_rate).
+
+    Raises:
+        UserError: an unknown name, or a weights file that does not fit the architecture.
     """
     check_backbone(name)
     if pretrained_file is None:
@@ -163,6 +174,7 @@ class Classifier(BaseTask):
         return torch.softmax(logits.float(), dim=1)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits (binary with one logit), weighted by the class weights if any."""
         if self.binary:
             pos_weight = None
             if self.class_weights is not None:

@@ -103,8 +103,16 @@ def check_overlap(
     """(missing, unexpected) weight names of a load from `state` into a model whose state dict is `own`.
 
     No name in common is a UserError (weights of another architecture); otherwise what does not match is
-    logged, because the missing weights keep their random start. Names starting with an `ignore` prefix
-    (a classification head that is replaced anyway) are left out of both lists.
+    logged, because the missing weights keep their random start.
+
+    Args:
+        own: the model's state dict.
+        state: the weights file's state dict.
+        option: the config key of the file, named in messages.
+        ignore: name prefixes left out of both lists (a classification head that is replaced anyway).
+
+    Raises:
+        UserError: no weight name in common.
     """
     prefixes = tuple(ignore)
     missing = sorted(k for k in own if k not in state and not (prefixes and k.startswith(prefixes)))

@@ -33,7 +33,18 @@ def postprocess(
 ) -> np.ndarray:
     """Binary lung mask from a probability map: threshold, keep the `keep_components` largest connected
     components (two lungs; 0 keeps all), fill holes (opacities inside a lung), then optionally dilate
-    by `dilate_px` pixels so lung borders are not cut off when the mask is applied."""
+    by `dilate_px` pixels so lung borders are not cut off when the mask is applied.
+
+    Args:
+        prob: the lung probability of each pixel (H, W).
+        threshold: lung where prob >= threshold.
+        keep_components: how many of the largest components to keep; 0 keeps all.
+        fill_holes: fill enclosed background (the gap between the lungs reaches the border and stays).
+        dilate_px: radius in pixels of the disk the mask is dilated by; 0: none.
+
+    Returns:
+        uint8 0/1 mask (H, W).
+    """
     mask = np.asarray(prob) >= threshold
     if keep_components and mask.any():
         labels, count = ndimage.label(mask)
@@ -105,6 +116,16 @@ def create_segmentation_net(
 
     `encoder_weights_file` (segmenter.encoder_weights_file): the encoder starts from the weights in that
     local file (e.g. an ImageNet resnet18 saved from timm or torchvision) instead of smp's download.
+
+    Args:
+        arch: segmenter.arch, an smp architecture (e.g. Unet).
+        encoder: segmenter.encoder, an smp encoder ('tu-<timm name>' for timm's).
+        encoder_weights: smp's pretrained weights to download (e.g. imagenet); None: random start.
+        encoder_weights_file: a local weights file for the encoder; needs `encoder_weights` None.
+
+    Raises:
+        UserError: both weight options set, an unknown architecture or encoder, or a weights file that does
+            not fit the encoder.
     """
     if encoder_weights_file is not None and encoder_weights is not None:
         raise UserError(
@@ -157,6 +178,7 @@ class Segmenter(BaseTask):
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The training loss: weighted sum of the soft Dice loss and binary cross-entropy (loss_weights)."""
         return self.loss_weights.get("dice", 0.0) * self.dice_loss(logits, mask) + self.loss_weights.get(
             "bce", 0.0
         ) * F.binary_cross_entropy_with_logits(logits, mask)

@@ -69,8 +69,17 @@ def blocking_file(path: str | Path) -> Path | None:
 
 
 def fault_message(action: str, folder: str | Path, err: BaseException, alternative: str) -> str | None:
-    """'Cannot <action> <folder>: <why>. <fix> or <alternative>.' for a fault(), else None. `action` is e.g.
-    'write the run folder'; `alternative` the other way out, e.g. 'give hydra.run.dir=<a writable folder>'."""
+    """'Cannot <action> <folder>: <why>. <fix> or <alternative>.' for a fault(), else None.
+
+    Args:
+        action: what failed, e.g. 'write the run folder'.
+        folder: the folder it failed in; a file standing in its path is named as the cause.
+        err: the error raised.
+        alternative: the other way out, e.g. 'give hydra.run.dir=<a writable folder>'.
+
+    Returns:
+        The message, or None when `err` is not a file-system fault (fault).
+    """
     found = fault(err)
     if found is None:
         return None

@@ -62,6 +62,7 @@ class TestSetReport:
     sources: str | None = None
 
     def auroc_cells(self, column: str) -> dict[tuple[str, str], dict]:
+        """The summary's AUROC cell of `column` per (backbone, input), for the external AUROC figure."""
         return {(r["backbone"], r["input"]): r[column] for _, r in self.summary.iterrows()}
 
 
@@ -72,7 +73,21 @@ def build_report(
     n_boot: int = 2000,
     cache_dir: str | None = None,
 ) -> Path:
-    """Read every job of a sweep and write report.md, results.csv and the figures into the sweep folder."""
+    """Read every job of a sweep and write report.md, results.csv and the figures into the sweep folder.
+
+    Args:
+        sweep_dir: the folder of a `covidseg-train -m` sweep.
+        cam_images: test images per model in cam_gallery.png.
+        energy_images: test images per job for the lung energy.
+        n_boot: bootstrap resamples of the confidence intervals and paired comparisons.
+        cache_dir: the image cache for jobs whose CAMs must be computed; None: each job's data.cache_dir.
+
+    Returns:
+        The path of report.md.
+
+    Raises:
+        UserError: `sweep_dir` does not exist, or no job of it finished.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} does not exist. Give the folder of a `covidseg-train -m` sweep.")
@@ -320,6 +335,7 @@ def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, figures: list[str]) -> No
 
 
 def positive_int(text: str) -> int:
+    """argparse type of a count option: an integer of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")

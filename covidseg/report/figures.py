@@ -122,8 +122,17 @@ def plot_cam_gallery(jobs: pd.DataFrame, out_dir: Path, k: int, cache_dir: str |
     Grad-CAM++ of the raw and the segmented model of each backbone, over the image that model saw.
 
     Each job's maps come from the cam_gallery.npz it left, or (older jobs, another K) from its reloaded
-    model. A job whose model cannot be reloaded (no checkpoint) is left out with a warning; False when no
-    job could be, and no figure was written."""
+    model. A job whose model cannot be reloaded (no checkpoint) is left out with a warning.
+
+    Args:
+        jobs: the sweep's jobs (collect_jobs).
+        out_dir: the sweep folder, where the figure is written.
+        k: test images shown (K).
+        cache_dir: the image cache for jobs whose maps must be computed; None: each job's data.cache_dir.
+
+    Returns:
+        False when no job could be reloaded and no figure was written, else True.
+    """
     plt = pyplot()
     ok = finished(jobs)
     first = min(run_key(job) for _, job in ok.iterrows())  # raw and segmented share this split

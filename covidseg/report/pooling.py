@@ -31,6 +31,11 @@ class TestSet:
 
 
 def read_predictions(job: pd.Series, name: str | None) -> pd.DataFrame:
+    """A finished job's predictions.csv (`name` None) or predictions_<name>.csv (external set `name`).
+
+    Raises:
+        UserError: the file is missing.
+    """
     path = Path(job["dir"]) / layout.predictions_file(name)
     if not path.is_file():
         raise UserError(
@@ -41,7 +46,14 @@ def read_predictions(job: pd.Series, name: str | None) -> pd.DataFrame:
 
 
 def external_tables(jobs: pd.DataFrame, backbone: str, input_: str, name: str) -> TestSet:
-    """(seed, fold) -> the job's predictions on external set `name`, for the jobs that evaluated it."""
+    """(seed, fold) -> the job's predictions on external set `name`, for the jobs that evaluated it.
+
+    Args:
+        jobs: the sweep's jobs; only finished ones are read.
+        backbone: the model's backbone.
+        input_: the model's data.input (raw, segmented, lungs_removed).
+        name: the external set (its folder name).
+    """
     group = select_jobs(jobs[jobs["status"] == "ok"], backbone, input_)
     tables, names = {}, {}
     for _, job in group.iterrows():

@@ -61,6 +61,7 @@ def unpaired_note(lines: list[str]) -> list[str]:
 
 
 def internal_metrics_heading(folds: bool) -> str:
+    """The heading of the internal test metrics; cross-validated sweeps pool the out-of-fold predictions."""
     if folds:
         return (
             "## Test metrics (pooled out-of-fold predictions, ± std over folds, "
@@ -70,6 +71,14 @@ def internal_metrics_heading(folds: bool) -> str:
 
 
 def internal_interval_note(summary: pd.DataFrame, folds: int | None, n_boot: int, binary: bool) -> str:
+    """What a cell of the internal metrics table means: its mean, ± std and bootstrap interval.
+
+    Args:
+        summary: the internal summary table (its `seeds` column and counts).
+        folds: K of a cross-validated sweep; None for train/val/test splits.
+        n_boot: bootstrap resamples.
+        binary: two classes (otherwise a note on the multiclass AUROC is added).
+    """
     seeds = int(summary["seeds"].max())
     if folds:
         text = (
@@ -100,12 +109,14 @@ def internal_interval_note(summary: pd.DataFrame, folds: int | None, n_boot: int
 
 
 def comparison_heading(folds: bool, inputs: set[str]) -> str:
+    """The heading of the segmented − raw comparison (and lungs_removed − raw when the sweep has it)."""
     others = " (and lungs_removed − raw)" if "lungs_removed" in inputs else ""
     paired = "paired by seed and fold" if folds else "paired by seed"
     return f"## Does segmentation help? Segmented − raw{others}, {paired}\n"
 
 
 def paired_t_note(folds: bool, external: bool) -> str:
+    """What the paired t-test pairs (seeds, or seed × fold runs) and what its Δ and interval are."""
     unit = "runs (seed × fold)" if folds else "seeds"
     what = "on this set" if external else "on their test split"
     return (
@@ -118,6 +129,7 @@ def paired_t_note(folds: bool, external: bool) -> str:
 
 
 def bootstrap_note(folds: bool, external: bool, n_boot: int) -> str:
+    """What the pooled paired patient bootstrap resamples and what its interval covers."""
     if external:
         pooled = (
             "every run (seed" + (" and fold" if folds else "") + "; one draw of the set's patients for all)"
@@ -137,6 +149,14 @@ def bootstrap_note(folds: bool, external: bool, n_boot: int) -> str:
 def external_intro(
     name: str, test_sets: dict[tuple[str, str], TestSet], folder: str | None, folds: bool
 ) -> str:
+    """The opening line of an external set's section: images, classes and patients the runs were tested on.
+
+    Args:
+        name: the external set (its folder name).
+        test_sets: the models' prediction tables on it; the first gives the counts.
+        folder: the set's folder, if known.
+        folds: whether the runs are seed × fold.
+    """
     table = next(t for s in test_sets.values() for t in s.tables.values())
     classes = ""
     if "label" in table:
@@ -151,6 +171,7 @@ def external_intro(
 
 
 def external_interval_note(n_boot: int, binary: bool) -> str:
+    """What a cell of an external set's metrics table means: mean ± std over runs and bootstrap interval."""
     return (
         "Each cell: the metric averaged over the runs ± its std over runs, and in brackets a 95 % "
         f"patient-bootstrap interval: the set's patients resampled with replacement, {n_boot} resamples, "
@@ -163,6 +184,7 @@ def external_interval_note(n_boot: int, binary: bool) -> str:
 
 
 def source_note(n_boot: int) -> str:
+    """What the per-source table of an external set shows."""
     return (
         "Per `source` of the set's metadata: images, patients and the metric averaged over the runs, with "
         f"a 95 % patient-bootstrap interval ({n_boot} resamples, patients of that source only). AUROC "
@@ -171,6 +193,7 @@ def source_note(n_boot: int) -> str:
 
 
 def failed_jobs(failed: pd.DataFrame) -> list[str]:
+    """The report's lines listing the failed jobs with their errors (cut to 300 characters)."""
     folds = failed["fold"].notna().any()
     header = "| Job | Backbone | Input | Seed |" + (" Fold |" if folds else "") + " Error |"
     lines = ["## Failed jobs\n", header, "|---|---|---|---|" + ("---|" if folds else "") + "---|"]

@@ -26,6 +26,7 @@ def metric_prefix(name: str | None) -> str:
 
 
 def fmt(x: Any, digits: int = 3) -> str:
+    """`x` with `digits` decimals; "–" for a missing value (None or nan)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}f}"
@@ -38,6 +39,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def is_binary(test_set: TestSet) -> bool:
+    """Whether the test set's predictions have two classes (two prob_ columns)."""
     return len(prob_columns(next(iter(test_set.tables.values())))) == 2
 
 
@@ -54,7 +56,20 @@ def _spread(runs: pd.DataFrame, column: str) -> tuple[float, float]:
 
 def metric_cell(runs: pd.DataFrame, test_set: TestSet, metric: str, prefix: str, n_boot: int) -> dict:
     """estimate (bootstrapped metrics: the mean over the test set's tables), std over the runs' own test
-    metrics, and the patient-bootstrap interval (nan where the metric is not bootstrapped)."""
+    metrics, and the patient-bootstrap interval (nan where the metric is not bootstrapped).
+
+    Macro metrics of more than two classes are not bootstrapped: their estimate is the runs' mean as logged.
+
+    Args:
+        runs: the model's finished jobs behind the test set's tables.
+        test_set: the model's prediction tables on the test set.
+        metric: a name of METRIC_NAMES.
+        prefix: where metrics.json keeps the test set's metrics (metric_prefix).
+        n_boot: bootstrap resamples.
+
+    Returns:
+        {"estimate", "std", "ci_low", "ci_high"}.
+    """
     mean, std = _spread(runs, prefix + metric)
     if metric != "acc" and not is_binary(test_set):  # macro metrics of >2 classes: as logged, no interval
         return {"estimate": mean, "std": std, "ci_low": math.nan, "ci_high": math.nan}
@@ -68,7 +83,14 @@ def summary_table(
     jobs: pd.DataFrame, test_sets: dict[tuple[str, str], TestSet], n_boot: int, name: str | None = None
 ) -> pd.DataFrame:
     """Per backbone x input: seeds, folds, images, patients and a metric_cell per metric; lung energy
-    (mean ± std over runs) on the internal test set."""
+    (mean ± std over runs) on the internal test set.
+
+    Args:
+        jobs: the sweep's jobs.
+        test_sets: the prediction tables of each (backbone, input); models without any are left out.
+        n_boot: bootstrap resamples.
+        name: the external set; None for the internal test set.
+    """
     ok = finished(jobs)
     prefix = metric_prefix(name)
     records = []
@@ -98,6 +120,7 @@ def summary_table(
 
 
 def interval_cell(cell: Any) -> str:
+    """A summary cell as Markdown: "estimate ± std<br>[low, high]", leaving out what is nan; "–" if none."""
     if not isinstance(cell, dict) or math.isnan(cell["estimate"]):
         return "–"
     text = fmt(cell["estimate"]) + ("" if math.isnan(cell["std"]) else f" ± {fmt(cell['std'])}")
@@ -107,6 +130,7 @@ def interval_cell(cell: Any) -> str:
 
 
 def markdown_summary(summary: pd.DataFrame, name: str | None = None) -> str:
+    """The summary table (summary_table) as Markdown, the lung energy column on the internal test set only."""
     prefix = metric_prefix(name)
     columns = [(prefix + m, DISPLAY_NAMES[m]) for m in METRIC_NAMES]
     if name is None:
@@ -151,6 +175,7 @@ def source_table(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> str 
 
 
 def markdown_splits(jobs: pd.DataFrame) -> str:
+    """The split sizes (images and patients) of each seed (and fold) as a Markdown table."""
     ok = finished(jobs)
     columns = [
         c

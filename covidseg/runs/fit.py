@@ -36,6 +36,7 @@ class ValidationScores(Callback):
 
 
 def val_scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """The validation scores (val/*) among Lightning's logged metrics, as floats."""
     return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
 
@@ -57,16 +58,25 @@ def fit_and_evaluate(
 ) -> dict[str, Any]:
     """Build loggers, callbacks and trainer from cfg, fit, then `evaluate(trainer, best_ckpt, fit_info)`.
 
-    fit_info holds best_epoch, epochs_run, best_ckpt, train_seconds and the validation scores (val/*) of the
-    best checkpoint's epoch (of the last validation when no checkpoint was kept, e.g. fast_dev_run).
-
     Shared by the classifier and the segmenter. A fit whose loss or weights become NaN or infinite stops
     with a UserError naming the epoch (covidseg.models.divergence.DivergenceCheck), before anything is
-    evaluated.
-    The W&B run is always finished (failed if this raised).
+    evaluated. The W&B run is always finished (failed if this raised).
     Under multi-process training (DDP) only rank 0 evaluates, and returns {} on the other ranks.
-    `resume_from`: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
-    (covidseg.runs.resume_callback.ResumableState).
+
+    Args:
+        cfg: the job's config (trainer, logger, callbacks, tags).
+        model: the LightningModule to fit.
+        datamodule: its data.
+        group: the W&B group of the run.
+        tags: W&B tags added to cfg.tags.
+        evaluate: tests and writes the results; fit_info holds best_epoch, epochs_run, best_ckpt,
+            train_seconds, resumed_at_epoch and the validation scores (val/*) of the best checkpoint's epoch
+            (of the last validation when no checkpoint was kept, e.g. fast_dev_run).
+        resume_from: a last.ckpt to continue from (resume=true); every checkpoint carries what that needs
+            (covidseg.runs.resume_callback.ResumableState).
+
+    Returns:
+        What `evaluate` returns ({} on ranks other than 0).
     """
     config = OmegaConf.to_container(cfg, resolve=True)  # as the job started: the W&B group is set below
     resumed_at = None

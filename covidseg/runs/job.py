@@ -33,10 +33,12 @@ RESOLVED_CONFIG = (
 
 
 def run_dir() -> Path:
+    """This Hydra job's output folder (hydra.run.dir, or the job's folder of a sweep)."""
     return Path(HydraConfig.get().runtime.output_dir)
 
 
 def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (-m), not a single run."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 

@@ -61,6 +61,7 @@ class Resume:
 
 
 def resume_requested(cfg: DictConfig) -> bool:
+    """Whether the config sets resume=true (absent counts as false)."""
     return bool(OmegaConf.select(cfg, RESUME_KEY, default=False))
 
 
@@ -79,8 +80,18 @@ def checkpoint_to_resume(cfg: DictConfig, out_dir: Path) -> Path | None:
 
 
 def plan_resume(cfg: DictConfig, out_dir: Path, recorded_config: Path, sweep_job: bool) -> Resume | None:
-    """None without resume=true; else what to do (see the module's docstring). Raises a UserError for a
-    different recorded config, a single run without last.ckpt and an unreadable last.ckpt."""
+    """None without resume=true; else what to do (see the module's docstring).
+
+    Args:
+        cfg: the job's config.
+        out_dir: the job's folder.
+        recorded_config: the config the interrupted run recorded at its start, checked against `cfg`.
+        sweep_job: a job of a sweep, which starts from epoch 0 when it has no last.ckpt yet.
+
+    Raises:
+        UserError: a different or missing recorded config, a single run without last.ckpt, or an
+            unreadable last.ckpt (or one written under other settings).
+    """
     if not resume_requested(cfg):
         return None
     check_config(cfg)  # resolves every interpolation, with a clear error for a bad one

@@ -39,6 +39,17 @@ def wandb_logger(
     name: str | None = None,
     **kwargs,
 ) -> WandbLogger:
+    """Lightning's WandbLogger (conf/logger/wandb), offline unless W&B credentials exist (wandb_mode).
+
+    Args:
+        project: the W&B project.
+        save_dir: where W&B writes its files (created); offline runs are synced from there.
+        group: the W&B group (fit_and_evaluate sets it).
+        tags: the run's tags.
+        mode: online, offline or disabled; None: wandb_mode (WANDB_MODE, else online with credentials).
+        name: the run's name; None lets W&B choose.
+        **kwargs: more WandbLogger arguments.
+    """
     mode = mode or wandb_mode()
     if mode == "offline":
         log.info(

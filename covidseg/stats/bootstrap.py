@@ -114,12 +114,12 @@ def weighted_metric(
     """The metric of a prediction table under image weights: (R x images) weights -> R values.
 
     Names are those of ``covidseg.models.metrics.METRIC_NAMES``: binary tables (two prob_ columns) use
-    ``target``
-    and the second prob_ column (class index 1) with ``predicted_positive``; tables with more classes know
-    only ``"acc"`` (argmax). A callable takes a prediction frame (resampled rows) and returns a float.
-    ``zero_division``: precision, recall, specificity and F1 when they are 0/0 (0 as torchmetrics logs
+    ``target`` and the second prob_ column (class index 1) with ``predicted_positive``; tables with more
+    classes know only ``"acc"`` (argmax). A callable takes a prediction frame (resampled rows) and returns a
+    float. ``zero_division``: precision, recall, specificity and F1 when they are 0/0 (0 as torchmetrics logs
     them; the bootstrap uses nan, leaving out resamples where the metric is undefined). AUROC with one
-    class only is nan."""
+    class only is nan.
+    """
     if callable(metric):
         return _callable_metric(metric, frame)
     if not isinstance(metric, str):
@@ -220,11 +220,22 @@ def bootstrap_patient_metric(
     Each resample draws every table's patients with replacement (see the module docstring: one shared
     draw for tables of the same patients), recomputes each table's metric and averages over tables.
     A resample in which a metric is undefined (0/0, e.g. recall when no positive patient was drawn, or
-    AUROC with one class) is left out rather than counted as 0; ``n_valid`` counts the others.
-    Returns ``estimate`` (that mean on the full tables), ``values`` (each table's metric), ``std`` (their
-    sample std; nan for one table), ``ci_low``/``ci_high`` (percentile interval), ``n_boot``, ``n_valid``
-    (resamples where the statistic was defined; the rest are ignored), ``n_tables``, ``n_images`` and
-    ``n_patients`` (one entry per table).
+    AUROC with one class) is left out rather than counted as 0.
+
+    Args:
+        frames: one prediction table or several (path, patient_id, target, prob_<class>...).
+        metric: a name of METRIC_NAMES, or a function of a prediction table (weighted_metric).
+        n_boot: resamples, at least 1.
+        seed: the seed of the resamples.
+        confidence: the interval's coverage, strictly between 0 and 1.
+
+    Returns:
+        ``estimate`` (that mean on the full tables), ``values`` (each table's metric), ``std`` (their
+        sample std; nan for one table), ``ci_low``/``ci_high`` (percentile interval), ``n_boot``, ``n_valid``
+        (resamples with the metric defined), ``n_tables``, ``n_images``, ``n_patients`` (per table).
+
+    Raises:
+        ValueError: bad `n_boot` or `confidence`, or a table lacking a column or listing an image twice.
     """
     _check_args(n_boot, confidence)
     tables = _as_list(frames)
@@ -259,9 +270,20 @@ def bootstrap_pooled_difference(
     tested on the same images (e.g. raw and segmented of one seed). Within a pair both models are scored
     on the same resample; pairs are resampled as ``bootstrap_patient_metric`` resamples tables.
 
-    Returns ``observed`` (the mean difference on the full tables), ``metric_a``, ``metric_b`` (means over
-    pairs), ``ci_low``/``ci_high`` (percentile interval), ``p_value`` (two-sided: 2 * min(share <= 0,
-    share >= 0), capped at 1), ``n_boot``, ``n_valid``, ``n_pairs``, ``n_images``, ``n_patients`` (per pair).
+    Args:
+        pairs: (a, b) prediction tables of the same images, e.g. one pair per seed.
+        metric: a name of METRIC_NAMES, or a function of a prediction table.
+        n_boot: resamples, at least 1.
+        seed: the seed of the resamples.
+        confidence: the interval's coverage, strictly between 0 and 1.
+
+    Returns:
+        ``observed`` (the mean difference on the full tables), ``metric_a``, ``metric_b`` (means over
+        pairs), ``ci_low``/``ci_high`` (percentile interval), ``p_value`` (two-sided: 2 * min(share <= 0,
+        share >= 0), capped at 1), ``n_boot``, ``n_valid``, ``n_pairs``, ``n_images``, ``n_patients`` (lists).
+
+    Raises:
+        ValueError: no pair, bad `n_boot` or `confidence`, or a pair's tables of different images.
     """
     _check_args(n_boot, confidence)
     if not pairs:
@@ -306,9 +328,17 @@ def bootstrap_patient_difference(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """Patient-level paired bootstrap of metric(model b) - metric(model a) on one shared test set.
+    """Patient-level paired bootstrap of metric(model b) - metric(model a) on one shared test set:
+    ``bootstrap_pooled_difference`` with one pair; ``n_patients`` and ``n_images`` are plain counts.
 
-    ``bootstrap_pooled_difference`` with one pair; ``n_patients`` and ``n_images`` are plain counts."""
+    Args:
+        pred_a: model a's predictions.
+        pred_b: model b's predictions on the same images.
+        metric: a name of METRIC_NAMES, or a function of a prediction table.
+        n_boot: resamples, at least 1.
+        seed: the seed of the resamples.
+        confidence: the interval's coverage, strictly between 0 and 1.
+    """
     result = bootstrap_pooled_difference([(pred_a, pred_b)], metric, n_boot, seed, confidence)
     result.update(n_patients=result["n_patients"][0], n_images=result["n_images"][0])
     del result["n_pairs"]

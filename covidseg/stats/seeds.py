@@ -19,6 +19,11 @@ ArrayLike = Sequence[float] | np.ndarray | pd.Series
 
 
 def check_confidence(confidence: float) -> None:
+    """Refuse a confidence level outside (0, 1).
+
+    Raises:
+        ValueError: `confidence` is not strictly between 0 and 1.
+    """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
 
