@@ -18,8 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
-from covidseg.masks.area import P_VALUE, SMALLER_BY, AreaByClass, area_by_class, markdown_table
-from covidseg.outputs import layout, read_csv, write_csv
+from covidseg.outputs import layout, write_csv
 from covidseg.report.collect import collect_jobs, compared_groups, external_sets, finished, uses_folds
 from covidseg.report.comparisons import (
     markdown_bootstrap,
@@ -39,8 +38,10 @@ from covidseg.report.sections import (
     failed_jobs,
     internal_interval_note,
     internal_metrics_heading,
+    mask_area_section,
     paired_t_note,
     source_note,
+    sweep_mask_area,
     training_settings,
     unpaired_note,
 )
@@ -185,7 +186,7 @@ def _report_text(
         if folds
         else f"patient-level split {dict(settings.data.split_ratios)}"
     )
-    mask_area = _mask_area(ok, settings.data.classes[-1])
+    mask_area = sweep_mask_area(ok, settings.data.classes[-1])
     parts = [
         "# covidseg comparison: raw vs lung-segmented input\n",
         f"Sweep `{sweep_dir}`: {len(jobs)} job(s), {len(ok)} finished, {len(failed)} failed. "
@@ -236,14 +237,7 @@ def _report_text(
     if external:
         parts += ["## Internal vs external AUROC\n", "![external auroc](external_auroc.png)", ""]
     if mask_area is not None:
-        parts += [
-            "## Lung mask area per class\n",
-            "Share of each image the predicted lung mask covers (mask_stats.csv of a masked job; every image "
-            "of the data set). Systematically smaller masks of the positive class mean the segmenter leaves "
-            f"diseased lung outside its mask; {_area_verdict(mask_area)}\n",
-            markdown_table(mask_area),
-            "",
-        ]
+        parts += mask_area_section(mask_area)
     parts += [
         "## Split sizes (images and patients)\n",
         markdown_splits(jobs),
@@ -265,26 +259,6 @@ def _report_text(
     if len(failed):
         parts += failed_jobs(failed)
     return "\n".join(parts) + "\n"
-
-
-def _mask_area(ok: pd.DataFrame, positive: str) -> AreaByClass | None:
-    """The lung area per class of the first finished masked job's mask_stats.csv (every masked job of one
-    sweep uses one segmenter on one data set), None without one."""
-    for job_dir in ok.loc[ok["input"] != "raw", "dir"]:
-        path = Path(job_dir) / layout.MASK_STATS
-        if path.is_file():
-            return area_by_class(read_csv(path), positive)
-    return None
-
-
-def _area_verdict(summary: AreaByClass) -> str:
-    rel = summary.relative_difference
-    size = f"{100 * rel:.0f} % smaller than" if rel >= 0 else f"{-100 * rel:.0f} % larger than"
-    p = "n/a (too few images)" if math.isnan(summary.p_value) else f"{summary.p_value:.3g}"
-    return (
-        f"here the positive class's median is {size} the others' (Mann-Whitney p = {p}; the report warns "
-        f"from {100 * SMALLER_BY:.0f} % smaller and p < {P_VALUE})."
-    )
 
 
 def _external_folder(ok: pd.DataFrame, name: str) -> str | None:

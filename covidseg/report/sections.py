@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pandas as pd
 
+from covidseg.masks.area import P_VALUE, SMALLER_BY, AreaByClass, area_by_class, markdown_table
+from covidseg.outputs import layout, read_csv
 from covidseg.report.collect import MODEL_SETTINGS, differing_settings
 from covidseg.report.pooling import TestSet
 
@@ -202,3 +207,30 @@ def failed_jobs(failed: pd.DataFrame) -> list[str]:
         error = str(r.get("error", "")).replace("|", "/")[:300]
         lines.append(f"| {r['job']} | {r['backbone']} | {r['input']} | {r['seed']} |{fold} {error} |")
     return lines
+
+
+def sweep_mask_area(ok: pd.DataFrame, positive: str) -> AreaByClass | None:
+    """The lung area per class of the first finished masked job's mask_stats.csv (every masked job of one
+    sweep uses one segmenter on one data set), None without one."""
+    for job_dir in ok.loc[ok["input"] != "raw", "dir"]:
+        path = Path(job_dir) / layout.MASK_STATS
+        if path.is_file():
+            return area_by_class(read_csv(path), positive)
+    return None
+
+
+def mask_area_section(summary: AreaByClass) -> list[str]:
+    """The report's "Lung mask area per class" section: what it shows, the verdict and the table."""
+    rel = summary.relative_difference
+    size = f"{100 * rel:.0f} % smaller than" if rel >= 0 else f"{-100 * rel:.0f} % larger than"
+    p = "n/a (too few images)" if math.isnan(summary.p_value) else f"{summary.p_value:.3g}"
+    return [
+        "## Lung mask area per class\n",
+        "Share of each image the predicted lung mask covers (mask_stats.csv of a masked job; every image of "
+        "the data set). Systematically smaller masks of the positive class mean the segmenter leaves "
+        f"diseased lung outside its mask; here the positive class's median is {size} the others' "
+        f"(Mann-Whitney p = {p}; the report warns from {100 * SMALLER_BY:.0f} % smaller and "
+        f"p < {P_VALUE}).\n",
+        markdown_table(summary),
+        "",
+    ]
