@@ -6,13 +6,13 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.inference.evaluation import evaluate_segmenter_and_write
 from covidseg.models.segmenter import Segmenter
 from covidseg.runs.fit import fit_and_evaluate
-from covidseg.runs.job import hydra_entry, run_dir
+from covidseg.runs.job import RESOLVED_CONFIG, hydra_entry, run_dir
 
 
 def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
@@ -26,6 +26,8 @@ def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
         The run's metrics (fit_and_evaluate), as written to metrics.json.
     """
     out_dir = run_dir()
+    # What covidseg-report reloads the job's data from (its worst-case gallery), as for covidseg-train.
+    (out_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     datamodule: LungMaskDataModule = instantiate(cfg.data)
     datamodule.setup("fit")

@@ -193,7 +193,10 @@ def evaluate_segmenter_and_write(
 ) -> dict[str, Any]:
     """Dice, IoU and HD95 on the test split (post-processed masks), overall, per mask set and per source or
     finding (covidseg.inference.segmenter_scores); writes metrics.json, segmentation_scores.csv and
-    overlays.png.
+    overlays.png. metrics.json also gets `n_parameters` (the network's) and `ms_per_image`: the wall time
+    of the test pass's predictions on the trainer's device divided by the test images (forward pass,
+    sigmoid, copy to the CPU and post-processing of each batch; not data loading, the loss or the scores;
+    Segmenter.test_predict_seconds).
 
     Args:
         trainer: the Lightning trainer that runs the test.
@@ -214,6 +217,9 @@ def evaluate_segmenter_and_write(
     write_csv(rows, out_dir / SCORES_FILE)
     metrics = {
         **summarize(rows),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        # Segmenter.test_predict_seconds: forward pass + post-processing, no data loading or scoring.
+        "ms_per_image": 1000.0 * model.test_predict_seconds / max(len(rows), 1),
         "n_train": len(datamodule.datasets["train"]),
         "n_val": len(datamodule.datasets["val"]),
         "n_test": len(datamodule.datasets["test"]),
@@ -230,16 +236,10 @@ def evaluate_segmenter_and_write(
     if overlays < 1:
         return metrics
     picks = np.linspace(0, len(test) - 1, num=min(overlays, len(test))).round().astype(int)
-    model.eval()
-    with torch.no_grad():
-        x = model_input(test.images[picks], datamodule.mean, datamodule.std, model.device)
-        predicted = model.predict_masks(x)
-    images = [np.asarray(test.images[i]) for i in picks]
-    truth = [np.asarray(test.targets[i]) for i in picks]
     names = list(datamodule.table.loc[datamodule.table["split"] == "test", "image"].iloc[picks])
-    overlay_grid(
-        images, predicted, truth, out_dir / layout.OVERLAYS, titles=[Path(n).stem[:18] for n in names]
-    )
+    images, predicted, truth = overlay_arrays(model, datamodule, picks)
+    titles = [Path(n).stem[:18] for n in names]
+    overlay_grid(images, predicted, truth, out_dir / layout.OVERLAYS, titles=titles)
     log.info(
         "test/dice %.4f  test/iou %.4f  test/hd95 %.1f px  (%s)",
         metrics["test/dice"],
@@ -248,3 +248,27 @@ def evaluate_segmenter_and_write(
         out_dir,
     )
     return metrics
+
+
+def overlay_arrays(
+    model: Segmenter, datamodule: LungMaskDataModule, picks: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """What overlay_grid draws for some test images: the images, the model's post-processed masks and the
+    hand-drawn masks.
+
+    Args:
+        model: the segmenter.
+        datamodule: its mask sets, set up (the test split at the model's size and normalisation).
+        picks: indices into the test split.
+
+    Returns:
+        (uint8 images, 0/1 predicted masks (N, H, W), 0/1 hand-drawn masks), in the order of `picks`.
+    """
+    test = datamodule.datasets["test"]
+    model.eval()
+    with torch.no_grad():
+        x = model_input(test.images[picks], datamodule.mean, datamodule.std, model.device)
+        predicted = model.predict_masks(x)
+    images = [np.asarray(test.images[i]) for i in picks]
+    truth = [np.asarray(test.targets[i]) for i in picks]
+    return images, predicted, truth
