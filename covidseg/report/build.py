@@ -1,9 +1,7 @@
 """covidseg-report <multirun dir>: the raw-vs-segmented comparison of a sweep, with honest statistics.
 
-build_report writes report.md (text and tables around the figures: the internal test split, pooled over
-folds with data.folds, then every external set) and results.csv, and logs them to the sweep's W&B
-group; `main` is the command line.
-"""
+build_report writes report.md (the internal test split, pooled over folds with data.folds, then every
+external set) and results.csv, logged to the sweep's W&B group; a segmenter sweep gets report.segmenter's."""
 
 from __future__ import annotations
 
@@ -19,7 +17,14 @@ from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
 from covidseg.outputs import layout, write_csv
-from covidseg.report.collect import collect_jobs, compared_groups, external_sets, finished, uses_folds
+from covidseg.report.collect import (
+    REPORT_FIX,
+    collect_jobs,
+    compared_groups,
+    external_sets,
+    finished,
+    uses_folds,
+)
 from covidseg.report.comparisons import (
     markdown_bootstrap,
     markdown_paired,
@@ -45,11 +50,11 @@ from covidseg.report.sections import (
     training_settings,
     unpaired_note,
 )
+from covidseg.report.segmenter import build_segmenter_report, is_segmenter_sweep
 from covidseg.report.tables import is_binary, markdown_splits, markdown_summary, source_table, summary_table
 from covidseg.runs.job import FAILED_FILE
 
 log = logging.getLogger("covidseg.report")
-REPORT_FIX = "copy the sweep folder to a writable disk and run covidseg-report on the copy"
 
 
 @dataclass
@@ -73,15 +78,18 @@ def build_report(
     energy_images: int = 64,
     n_boot: int = 2000,
     cache_dir: str | None = None,
+    worst_images: int = 8,
 ) -> Path:
-    """Read every job of a sweep and write report.md, results.csv and the figures into the sweep folder.
+    """Read every job of a sweep and write report.md, results.csv and the figures into the sweep folder;
+    a sweep of covidseg-train-segmenter gets the segmenter report (report.segmenter) instead.
 
     Args:
         sweep_dir: the folder of a `covidseg-train -m` sweep.
         cam_images: test images per model in cam_gallery.png.
         energy_images: test images per job for the lung energy.
         n_boot: bootstrap resamples of the confidence intervals and paired comparisons.
-        cache_dir: the image cache for jobs whose CAMs must be computed; None: each job's data.cache_dir.
+        cache_dir: the image cache for CAMs (or worst cases) computed here; None: each job's data.cache_dir.
+        worst_images: test images per population in a segmenter report's worst-case galleries.
 
     Returns:
         The path of report.md.
@@ -92,6 +100,8 @@ def build_report(
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} does not exist. Give the folder of a `covidseg-train -m` sweep.")
+    if is_segmenter_sweep(sweep_dir):
+        return build_segmenter_report(sweep_dir, worst_images, n_boot, cache_dir)
     jobs = collect_jobs(sweep_dir)
     ok_mask = jobs["status"] == "ok"
     for index in jobs.index[ok_mask]:
@@ -318,7 +328,7 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="covidseg-report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="folder of a covidseg-train multirun (its hydra.sweep.dir)")
+    parser.add_argument("sweep_dir", help="folder of a covidseg-train(-segmenter) multirun (hydra.sweep.dir)")
     parser.add_argument("--cam-images", type=positive_int, default=8, help="test images in cam_gallery.png")
     parser.add_argument(
         "--energy-images", type=positive_int, default=64, help="test images per model for lung energy"
@@ -326,10 +336,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--n-boot", type=positive_int, default=2000, help="bootstrap resamples over test patients"
     )
+    parser.add_argument("--worst-images", type=positive_int, default=8, help="segmenter: worst cases shown")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
-        path = build_report(args.sweep_dir, args.cam_images, args.energy_images, args.n_boot)
+        path = build_report(
+            args.sweep_dir, args.cam_images, args.energy_images, args.n_boot, None, args.worst_images
+        )
     except UserError as err:
         log.error("%s", err)
         raise SystemExit(2) from None

@@ -22,14 +22,39 @@ from covidseg.outputs import layout
 from covidseg.runs.job import FAILED_FILE
 
 INPUT_ORDER = ["raw", "segmented", "lungs_removed"]
+# What a report that cannot write into the sweep folder tells the user to do.
+REPORT_FIX = "copy the sweep folder to a writable disk and run covidseg-report on the copy"
+
+
+def job_configs(sweep_dir: Path) -> list[Path]:
+    """The .hydra/config.yaml of every job folder of a sweep, in Hydra's job order.
+
+    Raises:
+        UserError: the folder holds no job folder.
+    """
+    found = sorted(sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: _job_key(p.parents[1].name))
+    if not found:
+        raise UserError(
+            f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
+            "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>."
+        )
+    return found
+
+
+def job_outcome(job: Path) -> dict[str, Any]:
+    """A job's `status` (ok: it wrote metrics.json; failed) with its scalar metrics, or its `error`."""
+    if (job / layout.METRICS).is_file():
+        metrics = json.loads((job / layout.METRICS).read_text())
+        return {"status": "ok", **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}
+    if (job / FAILED_FILE).is_file():
+        return {"status": "failed", "error": json.loads((job / FAILED_FILE).read_text())["error"]}
+    return {"status": "failed", "error": "no metrics.json (job killed or still running)"}
 
 
 def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
     """One row per job folder (a folder with .hydra/config.yaml): its settings, status and metrics."""
     rows = []
-    for config_file in sorted(
-        sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: _job_key(p.parents[1].name)
-    ):
+    for config_file in job_configs(sweep_dir):
         job = config_file.parents[1]
         cfg = OmegaConf.load(config_file)
         row: dict[str, Any] = {
@@ -41,26 +66,16 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
             "image_size": cfg.data.get("image_size"),
             "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs", default=None),
         }
-        if (job / layout.METRICS).is_file():
-            metrics = json.loads((job / layout.METRICS).read_text())
-            row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
-            row["test/confusion"] = json.dumps(metrics.get("test/confusion"))
-            row["status"] = "ok"
-        elif (job / FAILED_FILE).is_file():
-            row.update(status="failed", error=json.loads((job / FAILED_FILE).read_text())["error"])
-        else:
-            row.update(status="failed", error="no metrics.json (job killed or still running)")
+        row.update(job_outcome(job))
+        if row["status"] == "ok":
+            confusion = json.loads((job / layout.METRICS).read_text()).get("test/confusion")
+            row["test/confusion"] = json.dumps(confusion)
         # The config says which fold a job was, also for jobs that failed before writing metrics.
         folds = cfg.data.get("folds")
         row.update(
             folds=int(folds) if folds else None, fold=int(cfg.data.get("fold") or 0) if folds else None
         )
         rows.append(row)
-    if not rows:
-        raise UserError(
-            f"{sweep_dir} holds no job folders (<job>/.hydra/config.yaml). Give the folder of a "
-            "`covidseg-train -m` sweep (hydra.sweep.dir), e.g. logs/train/multiruns/<date>."
-        )
     jobs = pd.DataFrame(rows)
     jobs["folds"], jobs["fold"] = jobs["folds"].astype("Int64"), jobs["fold"].astype("Int64")
     jobs.insert(jobs.columns.get_loc("backbone") + 1, "model", model_names(jobs))
@@ -84,11 +99,12 @@ def differing_settings(jobs: pd.DataFrame) -> list[str]:
     return [s for s in MODEL_SETTINGS if jobs[s].astype(str).nunique() > 1]
 
 
-def model_names(jobs: pd.DataFrame) -> list[str]:
-    """Each job's model: its backbone, followed by its image size and epochs where the jobs differ in them."""
+def model_names(jobs: pd.DataFrame, network: str = "backbone") -> list[str]:
+    """Each job's model: its `network` column (the backbone; a segmenter's architecture and encoder),
+    followed by its image size and epochs where the jobs differ in them."""
     differing = differing_settings(jobs)
     return [
-        " · ".join([str(job["backbone"]), *(MODEL_SETTINGS[s].format(job[s]) for s in differing)])
+        " · ".join([str(job[network]), *(MODEL_SETTINGS[s].format(job[s]) for s in differing)])
         for _, job in jobs.iterrows()
     ]
 

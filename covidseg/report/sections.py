@@ -197,15 +197,22 @@ def source_note(n_boot: int) -> str:
     )
 
 
-def failed_jobs(failed: pd.DataFrame) -> list[str]:
-    """The report's lines listing the failed jobs with their errors (cut to 300 characters)."""
-    folds = failed["fold"].notna().any()
-    header = "| Job | Backbone | Input | Seed |" + (" Fold |" if folds else "") + " Error |"
-    lines = ["## Failed jobs\n", header, "|---|---|---|---|" + ("---|" if folds else "") + "---|"]
+def failed_jobs(failed: pd.DataFrame, settings: tuple[str, ...] = ("backbone", "input")) -> list[str]:
+    """The report's lines listing the failed jobs with their errors (cut to 300 characters).
+
+    Args:
+        failed: the failed jobs (collect_jobs rows: job, seed, error and the `settings` columns; fold).
+        settings: the columns that say which model a job was, shown capitalised.
+    """
+    folds = "fold" in failed and failed["fold"].notna().any()
+    names = [c.capitalize() for c in settings]
+    header = "| " + " | ".join(["Job", *names, "Seed", *(["Fold"] if folds else []), "Error"]) + " |"
+    lines = ["## Failed jobs\n", header, "|" + "---|" * (3 + len(settings) + int(folds))]
     for _, r in failed.iterrows():
-        fold = (" – |" if pd.isna(r["fold"]) else f" {r['fold']} |") if folds else ""
+        fold = [("–" if pd.isna(r["fold"]) else str(r["fold"]))] if folds else []
         error = str(r.get("error", "")).replace("|", "/")[:300]
-        lines.append(f"| {r['job']} | {r['backbone']} | {r['input']} | {r['seed']} |{fold} {error} |")
+        cells = [str(r["job"]), *(str(r[c]) for c in settings), str(r["seed"]), *fold, error]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

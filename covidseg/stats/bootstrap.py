@@ -27,6 +27,7 @@ MetricArg = str | Callable[[pd.DataFrame], float]
 # Resamples scored at once: bounds memory to CHUNK x images per table.
 CHUNK = 256
 NAMED_BINARY = ("acc", "precision", "recall", "specificity", "f1", "auroc")
+MEAN_OF = "mean:"  # "mean:<column>": the mean of a per-image score (segmentation_scores.csv's dice, hd95)
 
 
 def prob_columns(frame: pd.DataFrame) -> list[str]:
@@ -35,8 +36,9 @@ def prob_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def check_predictions(frame: pd.DataFrame, name: str = "predictions") -> None:
-    """A prediction table has path, patient_id and target, and lists every image once."""
-    missing = [c for c in ("path", "patient_id", "target") if c not in frame.columns]
+    """A prediction table has path, patient_id (and target with prob_ columns), lists every image once."""
+    required = ("path", "patient_id", *(("target",) if prob_columns(frame) else ()))  # per-image scores: none
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(
             f"{name} lacks column(s) {missing}; expected path, label, patient_id, target, prob_<class>..."
@@ -115,15 +117,18 @@ def weighted_metric(
 
     Names are those of ``covidseg.models.metrics.METRIC_NAMES``: binary tables (two prob_ columns) use
     ``target`` and the second prob_ column (class index 1) with ``predicted_positive``; tables with more
-    classes know only ``"acc"`` (argmax). A callable takes a prediction frame (resampled rows) and returns a
-    float. ``zero_division``: precision, recall, specificity and F1 when they are 0/0 (0 as torchmetrics logs
-    them; the bootstrap uses nan, leaving out resamples where the metric is undefined). AUROC with one
-    class only is nan.
+    classes know only ``"acc"`` (argmax); ``"mean:<column>"`` (MEAN_OF), any table: a per-image score's mean.
+    A callable takes a prediction frame (resampled rows) and returns a float. ``zero_division``: precision,
+    recall, specificity and F1 when they are 0/0 (0 as torchmetrics logs them; the bootstrap uses nan,
+    leaving out resamples where the metric is undefined). AUROC with one class only is nan.
     """
     if callable(metric):
         return _callable_metric(metric, frame)
     if not isinstance(metric, str):
         raise TypeError(f"metric must be a name or a callable, got {type(metric).__name__}")
+    if metric.startswith(MEAN_OF):
+        values = frame[metric.removeprefix(MEAN_OF)].to_numpy(dtype=float)
+        return lambda weights: _ratio(weights @ values, weights.sum(axis=1))
     key, cols = metric.lower(), prob_columns(frame)
     y = frame["target"].to_numpy().astype(int)
     if len(cols) == 2 and key in NAMED_BINARY:
