@@ -25,6 +25,8 @@ from covidseg.models.segmenter import Segmenter
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.report import build_report
 from covidseg.runs.job import FAILED_FILE
+from covidseg.stats import bootstrap_patient_metric
+from covidseg.stats.bootstrap import MEAN_OF
 from tests.conftest import read_metrics, run_cli
 
 register_resolvers()
@@ -75,6 +77,16 @@ def test_metrics_give_the_parameters_and_the_inference_time_per_test_image(lungs
     assert metrics["ms_per_image"] == pytest.approx(1000 * model.test_predict_seconds / metrics["n_test"])
     assert 0 < metrics["ms_per_image"] < 60_000
     assert json.loads((tmp_path / "metrics.json").read_text())["ms_per_image"] == metrics["ms_per_image"]
+
+
+def test_the_patient_bootstrap_of_a_per_image_score_resamples_whole_patients():
+    # patient a: three perfect images; patient b: one missed image. Drawing patients, "b twice" (p = 1/4)
+    # gives mean Dice 0; drawing images, four misses in a row has p = 1/256, below the 2.5 % quantile.
+    table = pd.DataFrame(
+        {"path": ["1", "2", "3", "4"], "patient_id": ["a", "a", "a", "b"], "dice": [1.0, 1.0, 1.0, 0.0]}
+    )
+    boot = bootstrap_patient_metric(table, MEAN_OF + "dice", n_boot=2000, seed=0)
+    assert boot["estimate"] == 0.75 and (boot["ci_low"], boot["ci_high"]) == (0.0, 1.0)
 
 
 # -- the report over a synthetic sweep -----------------------------------------------------------------------
