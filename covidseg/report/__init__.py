@@ -9,6 +9,7 @@ checkpoints/best.ckpt); nothing is typed in by hand.
 collect: the jobs of a sweep (one per backbone, input, seed and fold); pooling: the prediction tables
 behind every interval (K folds pooled out-of-fold); jobs: one job's model, test data and lung energy;
 tables, comparisons, sections and figures: what the report shows; build: the report and the command line.
+A sweep of covidseg-train-segmenter gets the segmenter report instead (segmenter, segmenter_figures).
 """
 
 from covidseg.report.build import build_report, main
