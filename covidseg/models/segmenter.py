@@ -240,7 +240,7 @@ class Segmenter(BaseTask):
         """Wall time of the last test run's predictions on the model's device: the forward pass of every
         test batch (already on the device), sigmoid, the copy to the CPU and post-processing (what
         predict_masks does), without data loading, the loss and the scores (HD95 alone costs ~30 ms per
-        image)."""
+        image). The first batch's warm-up (memory allocation, cuDNN algorithm choice) is included."""
         return self._test_predict_seconds
 
     def on_test_epoch_end(self) -> None:

@@ -235,7 +235,11 @@ def build_segmenter_report(sweep_dir: Path, worst_images: int, n_boot: int, cach
     jobs = collect_segmenter_jobs(sweep_dir)
     write_csv(jobs, sweep_dir / layout.RESULTS, REPORT_FIX)
     ok = finished(jobs)
-    ok = ok[[(Path(d) / SCORES_FILE).is_file() for d in ok["dir"]]]
+    scored = [(Path(d) / SCORES_FILE).is_file() for d in ok["dir"]]
+    if not all(scored):  # jobs from before segmentation_scores.csv: no images to pool or resample
+        unscored = [job for job, has in zip(ok["job"], scored) if not has]
+        log.warning("Jobs %s have no %s; left out of the report", unscored, SCORES_FILE)
+    ok = ok[scored]
     if not len(ok):
         raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {FAILED_FILE}.")
     scores = {job: read_scores(d) for job, d in zip(ok["job"], ok["dir"])}
