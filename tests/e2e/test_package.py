@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import covidseg.paths as paths
 from covidseg.data.manifest import load_manifest
@@ -30,10 +31,13 @@ def _as_installed(monkeypatch, folder: Path) -> Path:
 
 
 def test_configs_ship_inside_the_package():
-    conf = Path(paths.__file__).resolve().parent / "conf"
-    assert conf == paths.CONF_DIR
+    """In a checkout the configs are the top-level conf/ (issue 18's layout); pyproject.toml maps it into the
+    package as covidseg/conf/, which the wheel carries (test_wheel_carries_every_config)."""
+    conf = paths.CONF_DIR
+    assert conf == REPO / "conf" and not (paths.PACKAGE_DIR / "conf").exists()
     assert (conf / "train.yaml").is_file() and (conf / "data" / "covid_cxr.yaml").is_file()
-    assert not (REPO / "conf").exists(), "configs belong in covidseg/conf, where the wheel carries them"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert pyproject["package-dir"] == {"covidseg.conf": "conf"} and "covidseg.conf" in pyproject["packages"]
 
 
 def test_data_folder_comes_from_the_environment_first(monkeypatch, tmp_path):
@@ -77,7 +81,8 @@ def _copy_source(dest: Path) -> Path:
     dest.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, dest / name)
-    shutil.copytree(REPO / "covidseg", dest / "covidseg", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("covidseg", "conf"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
@@ -132,10 +137,10 @@ def _outside_repo(tmp_path: Path) -> Path:
 def test_wheel_carries_every_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {
-        f"covidseg/{p.relative_to(paths.PACKAGE_DIR).as_posix()}" for p in paths.CONF_DIR.rglob("*.yaml")
+        f"covidseg/conf/{p.relative_to(paths.CONF_DIR).as_posix()}" for p in paths.CONF_DIR.rglob("*.yaml")
     }
     assert len(configs) > 20 and configs <= names, sorted(configs - names)
-    assert "conf/hydra/launcher/slurm.yaml" in names  # nested two levels down
+    assert "covidseg/conf/hydra/launcher/slurm.yaml" in names  # nested two levels down
     assert not any(name.startswith(("tests/", "conf/", "scripts/")) for name in names)
 
 
