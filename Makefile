@@ -65,11 +65,13 @@ test:
 
 # Without the real trainings and sweeps.
 test-fast:
-	$(BIN)/python -m pytest -x -q -m "not slow"
+	$(BIN)/python -m pytest -x -q -m "not slow and not bench"
 
 # Speed and memory measured on this machine, one table (docs/performance.md); asserts nothing.
 # make bench ARGS="--json bench.json --rss-n 20000"
+# The bench tests first (tests/benchmarks/test_bench.py: the benchmark, its timers and data generator work), then the benchmark.
 bench:
+	$(BIN)/python -m pytest -x -q -m bench
 	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 clean-cache:

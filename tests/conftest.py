@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from covidseg.paths import data_dir
@@ -103,8 +106,69 @@ def run_cli_refused(*args: str, expected: str, timeout: int = 180) -> str:
     return output
 
 
+def _epoch_of(last: Path) -> int | None:
+    """The epoch of a completely written last.ckpt, else None (absent, or being written)."""
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:
+        return None
+
+
+def kill_when_saved(args: list[str], last: Path, epoch: int, timeout: float = 600) -> int:
+    """Start covidseg-train with `args`, SIGKILL it as soon as `last` holds `epoch` or a later one; returns
+    the epoch found. The process must still be running then (else the test proves nothing)."""
+    process = subprocess.Popen(
+        [str(BIN / "covidseg-train"), *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    read = None  # (mtime, size) of the version read last: a checkpoint of resnet18 + Adam is 130 MB
+    try:
+        while time.monotonic() < deadline:
+            stat = last.stat() if last.is_file() else None
+            version = (stat.st_mtime_ns, stat.st_size) if stat else None
+            found = _epoch_of(last) if version and version != read else None
+            read = version if found is not None else read
+            if found is not None and found >= epoch:
+                assert process.poll() is None, f"the run ended before it could be killed:\n{process.stderr}"
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return found
+            if process.poll() is not None:
+                pytest.fail(f"covidseg-train exited ({process.returncode}):\n{process.stderr.read()[-4000:]}")
+            time.sleep(0.1)
+        pytest.fail(f"no {last} of epoch {epoch} within {timeout} s")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stderr.close()
+    raise AssertionError("unreachable")
+
+
 def read_metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tmp_path_factory, covid_cxr, external_actualmed) -> Path:
+    """A real classifier run shared by the session (debug=tiny: test_resnet, 60 images at 64 px, 2 epochs),
+    with an external test set and the csv and offline W&B loggers. Tests only read it: copy it to change
+    it."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    run_cli(
+        "covidseg-train",
+        "debug=tiny",
+        "logger=wandb",
+        "seed=1",
+        f"data.external=[{external_actualmed}]",
+        f"hydra.run.dir={run}",
+    )
+    return run
 
 
 @pytest.fixture(scope="session")

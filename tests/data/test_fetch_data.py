@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_data.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fetch_data.py"
 
 
 @pytest.fixture(scope="module")

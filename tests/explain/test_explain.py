@@ -56,6 +56,7 @@ def test_lung_energy_errors_and_empty_cam():
 
 EXPECTED_PREFIX = {
     "resnet18": "layer4",
+    "test_resnet": "layer4",  # debug=tiny's backbone
     "densenet121": "features",
     "mobilenetv3_small_100": "blocks",
     "efficientnet_b0": "",  # bn2 after conv_head: any module is fine as long as the output is a map

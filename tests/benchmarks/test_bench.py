@@ -14,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from benchmarks import bench_data
 from covidseg.data.datamodule import CXRDataModule
 from tests.conftest import REPO
+
+# Benchmarks are slow by nature: make bench runs these, make test leaves them out (pyproject.toml addopts).
+pytestmark = pytest.mark.bench
 
 
 def generate(out: Path, n: int, size: int, seed: int = 0) -> subprocess.CompletedProcess:

@@ -83,7 +83,7 @@ def study(tmp_path_factory, covid_cxr):
         "debug=tiny",
         # Test only: a backbone timm does not know makes a trial fail. With this seed optuna 2.10's sampler
         # proposes it once in the three trials (the assertions read what each trial got).
-        "model.backbone=choice(resnet18,no_such_net)",
+        "model.backbone=choice(test_resnet,no_such_net)",
         "hydra.sweeper.sampler.seed=3",
         f"hydra.sweeper.storage=sqlite:///{sweep.parent}/study.db",  # to read every trial's value back
         f"hydra.sweep.dir={sweep}",
@@ -117,11 +117,11 @@ def test_study_finishes_with_a_failed_trial_and_writes_the_best_parameters(study
     ok = [name for name, job in jobs.items() if job["metrics"] is not None]
     assert failed and ok, jobs  # the seed above must give both kinds of trial
     assert all(jobs[n]["backbone"] == "no_such_net" and jobs[n]["metrics"] is None for n in failed)
-    assert all(jobs[n]["backbone"] == "resnet18" for n in ok)
+    assert all(jobs[n]["backbone"] == "test_resnet" for n in ok)
     best = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))
     assert (
         sorted(best["best_params"]) == sorted(SEARCHED)
-        and best["best_params"]["model.backbone"] == "resnet18"
+        and best["best_params"]["model.backbone"] == "test_resnet"
     )
     assert 1e-4 <= best["best_params"]["model.optimizer.lr"] <= 1e-2
     scores = [jobs[n]["metrics"]["val/auroc"] for n in ok]

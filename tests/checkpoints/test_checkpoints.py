@@ -25,6 +25,7 @@ from tests.conftest import run_cli
 
 HINT = "Train one first."
 SIZE = 32  # the smallest input the 5-level Unet encoder takes
+BACKBONE = "test_resnet"  # timm's 0.4 M-weight resnet: what is checked does not depend on the size
 
 
 class Payload:
@@ -151,7 +152,8 @@ def trained(tmp_path_factory) -> dict[str, tuple[L.LightningModule, str]]:
     base = tmp_path_factory.mktemp("ckpts")
     common = ["logger=csv", f"paths.output_dir={base}", f"paths.log_dir={base}/logs"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        train = compose("train", overrides=[*common, "callbacks=early_stopping", f"data.image_size={SIZE}"])
+        sizes = [f"data.image_size={SIZE}", f"model.backbone={BACKBONE}"]
+        train = compose("train", overrides=[*common, "callbacks=early_stopping", *sizes])
         segment = compose(
             "train_segmenter", overrides=[*common, f"segmenter.image_size={SIZE}", "trainer.max_epochs=1"]
         )

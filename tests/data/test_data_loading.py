@@ -293,7 +293,7 @@ def test_a_cold_start_killed_mid_way_keeps_its_committed_batches(tmp_path):
     import sys
 
     paths = _pngs(tmp_path / "img", 9)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     command = [sys.executable, "-c", KILLED_COLD_START, str(tmp_path / "cache"), *paths]
     killed = subprocess.run(command, env=env)
     assert killed.returncode == 9

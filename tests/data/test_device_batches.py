@@ -52,7 +52,7 @@ def fitted(data, tmp_path, on_device: bool) -> dict[str, torch.Tensor]:
     dm = CXRDataModule(
         str(data), image_size=32, batch_size=8, cache_dir=str(tmp_path / "cache"), on_device=on_device
     )
-    model = Classifier(backbone="resnet18")
+    model = Classifier(backbone="test_resnet")
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, deterministic=True,
@@ -66,8 +66,8 @@ def test_a_fit_from_device_batches_equals_one_from_the_dataloader(tmp_path):
     loaded, kept = fitted(data, tmp_path, False), fitted(data, tmp_path, True)
     assert loaded.keys() == kept.keys()
     assert all(torch.equal(loaded[k], kept[k]) for k in loaded)
-    start = Classifier(backbone="resnet18").state_dict()
-    assert not torch.equal(start["net.conv1.weight"], kept["net.conv1.weight"])  # it did train
+    start = Classifier(backbone="test_resnet").state_dict()
+    assert not torch.equal(start["net.conv1.0.weight"], kept["net.conv1.0.weight"])  # it did train
 
 
 def test_only_what_fits_in_a_share_of_free_gpu_memory_stays_there(tmp_path):

@@ -10,22 +10,13 @@ import pytest
 from tests.conftest import make_dataset, read_metrics, run_cli
 
 CONTRACT_FLOATS = ["test/acc", "test/precision", "test/recall", "test/specificity", "test/f1", "test/auroc"]
-TINY = ["data.limit=60", "data.image_size=64", "data.batch_size=16", "trainer.max_epochs=2"]
+SMALL = ["data.image_size=32", "model.backbone=test_resnet"]  # what these tests check does not need resnet18
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, covid_cxr, external_actualmed) -> Path:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    run_cli(
-        "covidseg-train",
-        *TINY,
-        "model.backbone=resnet18",
-        "logger=wandb",
-        "seed=1",
-        f"data.external=[{external_actualmed}]",
-        f"hydra.run.dir={run}",
-    )
-    return run
+def tiny_run(tiny_classifier_run) -> Path:
+    """The session's tiny classifier run (tests/conftest.py), trained once for this file and others."""
+    return tiny_classifier_run
 
 
 @pytest.mark.slow
@@ -46,7 +37,7 @@ def test_tiny_training_meets_the_run_directory_contract(tiny_run):
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
     confusion = metrics["test/confusion"]
     assert len(confusion) == 2 and sum(map(sum, confusion)) == metrics["n_test"]
-    assert metrics["backbone"] == "resnet18" and metrics["input"] == "raw" and metrics["seed"] == 1
+    assert metrics["backbone"] == "test_resnet" and metrics["input"] == "raw" and metrics["seed"] == 1
     assert metrics["recipe"] == "study" and metrics["val/single_class_epochs"] in (0, 1, 2)
     assert metrics["n_train"] > metrics["n_test"] > metrics["n_val"] > 0
     assert 0 <= metrics["best_epoch"] < 2 and metrics["train_seconds"] > 0
@@ -164,7 +155,7 @@ def test_three_class_config_trains_with_the_same_code(tmp_path):
         "data=covid_cxr_3class",
         "debug=fast",
         "data.limit=45",
-        "data.image_size=32",
+        *SMALL,
         f"hydra.run.dir={run}",
     )
     metrics = read_metrics(run)
@@ -182,7 +173,7 @@ def test_ddp_job_trains_on_two_processes_and_tests_every_image_once(tmp_path):
         "trainer.devices=2",
         "trainer.strategy=ddp",
         "data.limit=40",
-        "data.image_size=32",
+        *SMALL,
         "trainer.max_epochs=1",
         "logger=csv",
         f"hydra.run.dir={run}",
@@ -198,7 +189,7 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_results(tmp_path):
     run = tmp_path / "run"
     args = [
         "data.limit=30",
-        "data.image_size=32",
+        *SMALL,
         "trainer.max_epochs=1",
         "logger=csv",
         f"hydra.run.dir={run}",

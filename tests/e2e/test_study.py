@@ -20,7 +20,7 @@ def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
     result = run_cli(
         "covidseg-train",
         "-m",
-        "model.backbone=resnet18,mobilenetv3_small_050,resnet181",
+        "model.backbone=test_resnet,mobilenetv3_small_050,resnet181",
         "data.input=raw,segmented",
         "seed=0",
         "data.image_size=64",
@@ -55,7 +55,7 @@ def test_sweep_runs_every_job_and_failed_ones_do_not_stop_it(tiny_sweep):
     results = pd.read_csv(tiny_sweep / "results.csv")
     assert len(results) == 6
     ok = results[results["status"] == "ok"]
-    assert sorted(ok["backbone"].unique()) == ["mobilenetv3_small_050", "resnet18"] and len(ok) == 4
+    assert sorted(ok["backbone"].unique()) == ["mobilenetv3_small_050", "test_resnet"] and len(ok) == 4
     for job in ok["dir"]:  # every job logged to W&B (offline), all in the sweep's group
         assert len(list((Path(job) / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     assert set(ok["group"]) == {tiny_sweep.name}
@@ -97,8 +97,8 @@ def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep)
     assert sorted((r.split("|")[1].strip(), r.split("|")[2].strip()) for r in rows) == [
         ("mobilenetv3_small_050", "raw"),
         ("mobilenetv3_small_050", "segmented"),
-        ("resnet18", "raw"),
-        ("resnet18", "segmented"),
+        ("test_resnet", "raw"),
+        ("test_resnet", "segmented"),
     ]
     for row in rows:
         values = [float(v) for v in re.findall(r"-?\d+\.\d+", "|".join(row.split("|")[4:]))]
@@ -107,7 +107,7 @@ def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep)
     assert "p (paired t)" in text and "p (bootstrap)" in text
     # the report went to the sweep's W&B group too (offline here)
     assert len(list((tiny_sweep / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
-    for name in ["curves.png", "curves_resnet18.png", "confusion.png", "cam_gallery.png"]:
+    for name in ["curves.png", "curves_test_resnet.png", "confusion.png", "cam_gallery.png"]:
         assert f"]({name})" in text, name
         with Image.open(tiny_sweep / name) as image:
             image.verify()

@@ -27,8 +27,8 @@ from covidseg.data.store import ArrayStore
 from covidseg.errors import UserError
 from covidseg.inference.prediction import collect_inputs
 from tests.conftest import make_dataset, run_cli_refused
-from tests.dicom_files import write_dicom
-from tests.test_bad_inputs import _datamodule, _edit_csv, _warnings, check_refused_or_skipped
+from tests.data.dicom_files import write_dicom
+from tests.data.test_bad_inputs import _datamodule, _edit_csv, _warnings, check_refused_or_skipped
 
 PIXELS = np.random.default_rng(0).integers(0, 4000, (48, 40)).astype(np.uint16)
 

@@ -42,7 +42,7 @@ from covidseg.outputs import (
 from covidseg.report import build_report
 from covidseg.report.collect import collect_jobs
 from tests.conftest import REPO, run_cli, run_cli_refused
-from tests.test_report import dataset, write_job
+from tests.report.test_report import dataset, write_job
 
 HINT = "Train one first."
 EXPORTED = ["classifier.onnx", "classifier.torchscript.pt", RECORD_FILE]
@@ -398,7 +398,7 @@ def settings_sweep(sweep: Path, jobs: list[tuple[str, int, int]], backbone: str 
 
 
 def models_in(text: str, heading: str) -> list[tuple[str, str]]:
-    from tests.test_report import table_rows
+    from tests.report.test_report import table_rows
 
     return [tuple(c.strip() for c in r.split("|")[1:3]) for r in table_rows(text, heading)]
 

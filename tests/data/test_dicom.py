@@ -14,7 +14,7 @@ from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
 from covidseg.data.images import BadImage, ImageCache, decode
 from covidseg.data.manifest import load_manifest
-from tests.dicom_files import write_dicom
+from tests.data.dicom_files import write_dicom
 
 SIZE = 40
 

@@ -17,7 +17,7 @@ import pytest
 from covidseg.data import file_index
 from covidseg.data.store import ArrayStore, ArrayView, FileIndex, take_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _row(i: int, shape=(6, 5)) -> np.ndarray:

@@ -38,7 +38,7 @@ from covidseg.runs.resume_plan import (
     data_record,
     plan_resume,
 )
-from tests.conftest import REPO, make_dataset, run_cli, run_cli_refused
+from tests.conftest import REPO, kill_when_saved, make_dataset, run_cli, run_cli_refused
 
 HOLD = """
 import sys
@@ -386,7 +386,6 @@ def test_a_sweep_job_on_changed_data_stops_the_sweep_another_user_error_fails_th
 
 @pytest.mark.slow
 def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_restored_file(tmp_path):
-    from tests.test_resume import _kill_when_saved
 
     data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 30})
     run = tmp_path / "run"
@@ -398,7 +397,7 @@ def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_re
         "trainer.max_epochs=4",
         f"hydra.run.dir={run}",
     ]
-    _kill_when_saved(args, run / "checkpoints" / "last.ckpt", 0)
+    kill_when_saved(args, run / "checkpoints" / "last.ckpt", 0)
     assert (run / LOCK_FILE).is_file()  # SIGKILL: no clean-up
     kept = (data / "metadata.csv").read_text()
     _without_rows(data, ["normal/0.png", "normal/1.png", "covid/2.png", "covid/3.png"])
