@@ -13,7 +13,7 @@ import pytest
 from covidseg.masks.area import P_VALUE, SMALLER_BY, area_by_class, markdown_table
 from covidseg.outputs import layout, write_csv
 from covidseg.report import build_report
-from tests.test_report import seed_sweep
+from tests.report.test_report import seed_sweep
 
 
 def mask_stats(covid_area: float, normal_area: float, n: int = 40, seed: int = 0) -> pd.DataFrame:
