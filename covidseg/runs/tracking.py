@@ -7,6 +7,7 @@ import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
@@ -37,7 +38,7 @@ def wandb_logger(
     tags: Sequence[str] = (),
     mode: str | None = None,
     name: str | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> WandbLogger:
     """Lightning's WandbLogger (conf/logger/wandb), offline unless W&B credentials exist (wandb_mode).
 
