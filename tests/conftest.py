@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from covidseg.paths import data_dir
@@ -104,6 +107,93 @@ def run_cli_refused(*args: str, expected: str, timeout: int = 180) -> str:
     assert result.returncode == 2 and "Traceback" not in result.stderr, output[-3000:]
     assert re.search(expected, output), output[-3000:]
     return output
+
+
+# Console scripts (pyproject.toml [project.scripts]) and the modules whose `main` they call.
+SCRIPT_MODULES = {
+    "covidseg-train": "covidseg.train",
+    "covidseg-eval": "covidseg.eval",
+    "covidseg-train-segmenter": "covidseg.train_segmenter",
+    "covidseg-eval-segmenter": "covidseg.eval_segmenter",
+    "covidseg-predict": "covidseg.predict",
+    "covidseg-export": "covidseg.export",
+    "covidseg-report": "covidseg.report",
+}
+
+
+def _logging_state() -> dict[logging.Logger, tuple]:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return {
+        lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
+        for lg in loggers
+        if isinstance(lg, logging.Logger)
+    }
+
+
+def _restore_logging(before: dict[logging.Logger, tuple]) -> None:
+    """Undo what a command did to logging: Hydra configures it per job (job.log, a console handler on the
+    sys.stdout of that moment) and Lightning adds handlers when first imported; left in place they would
+    write to a later test's closed capture streams and keep job.log files open."""
+    for lg, (handlers, level, propagate, disabled) in {**_logging_state(), **before}.items():
+        for handler in lg.handlers:
+            if handler not in handlers:
+                handler.close()
+        lg.handlers[:] = handlers if lg in before else []
+        if lg in before:
+            lg.level, lg.propagate, lg.disabled = level, propagate, disabled
+
+
+def run_main(*args: str, cwd: Path | None = None) -> int | str | None:
+    """Run a console script's `main` in this process, as its command line would (sys.argv, the working
+    folder), without the 4-5 s of imports a subprocess pays; returns its exit code (0: it returned). For
+    tests about what a command does; the process boundary itself (exit codes seen by a shell, entry
+    points, kills) keeps `run_cli`. An exception other than SystemExit propagates (fails the test)."""
+    logging_before = _logging_state()  # before the import: Lightning adds handlers when first imported
+    module = importlib.import_module(SCRIPT_MODULES[args[0]])
+    argv, folder = sys.argv, os.getcwd()
+    sys.argv = [args[0], *args[1:]]
+    if cwd is not None:
+        os.chdir(cwd)
+    GlobalHydra.instance().clear()
+    try:
+        module.main(list(args[1:])) if args[0] == "covidseg-report" else module.main()
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        GlobalHydra.instance().clear()
+        _restore_logging(logging_before)
+        sys.argv = argv
+        os.chdir(folder)
+    return 0
+
+
+@pytest.fixture
+def cli(capfd):
+    """``cli("covidseg-train", "debug=tiny", ..., expect=0, cwd=None)``: `run_main` with its output (stdout +
+    stderr) returned; fails the test unless the exit code is `expect` (2: a user error)."""
+
+    def run(*args: str, expect: int = 0, cwd: Path | None = None) -> str:
+        capfd.readouterr()  # what came before is not this command's
+        code = run_main(*args, cwd=cwd)
+        out, err = capfd.readouterr()
+        output = out + err
+        assert (code or 0) == expect, f"{' '.join(args)} exited {code}, expected {expect}:\n{output[-4000:]}"
+        return output
+
+    return run
+
+
+@pytest.fixture
+def cli_refused(cli):
+    """``cli_refused(*args, expected=regex)``: the in-process `run_cli_refused` (exit 2, one message)."""
+
+    def run(*args: str, expected: str) -> str:
+        output = cli(*args, expect=2)
+        assert "Traceback" not in output, output[-3000:]
+        assert re.search(expected, output), output[-3000:]
+        return output
+
+    return run
 
 
 def _epoch_of(last: Path) -> int | None:
