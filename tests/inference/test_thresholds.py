@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from covidseg.checkpoints import operating_point, read_checkpoint
 from covidseg.data.datasets import ArrayDataset
+from covidseg.deploy.record import decision
 from covidseg.errors import UserError
 from covidseg.inference import thresholds
 from covidseg.inference.evaluation import class_probabilities, evaluation_datamodule
@@ -144,6 +145,18 @@ def test_prediction_rows_use_the_point_and_name_its_rule():
         "threshold_rule",
         "error",
     ]
+
+
+def test_preprocessing_json_records_the_threshold_and_its_rule():
+    point = {"rule": "spec@0.90", "threshold": 0.8125, "chosen_on": "val"}
+    output = decision(CLASSES, point)
+    assert (output["threshold"], output["threshold_rule"], output["threshold_chosen_on"]) == (
+        0.8125,
+        "spec@0.90",
+        "val",
+    )
+    assert (decision(CLASSES)["threshold"], decision(CLASSES)["threshold_rule"]) == (0.5, "fixed")
+    assert decision(["a", "b", "c"])["threshold"] is None
 
 
 # -- the session's tiny run -----------------------------------------------------------------------------
