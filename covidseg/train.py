@@ -24,7 +24,7 @@ from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
 from covidseg.explain.job_arrays import write_job_cams
 from covidseg.inference.evaluation import evaluate_and_write, evaluate_external
-from covidseg.inference.thresholds import check_validation_classes, choose_run_point, point_keys
+from covidseg.inference.thresholds import choose_run_point, point_keys
 from covidseg.masks import area_by_class, images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.outputs import layout
@@ -46,7 +46,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     masks = mask_source(cfg.segmenter, cfg.paths.cache_dir, cfg.data.input)
     datamodule: CXRDataModule = instantiate(cfg.data, masks=masks)
     datamodule.setup("fit")
-    check_validation_classes(cfg.get("eval"), datamodule)  # before training, not after it
     resume_from = checkpoint_to_resume(cfg, out_dir)
     if resume_from is not None:  # before splits.csv, the first attempt's, is replaced
         check_same_data(resume_from, datamodule)

@@ -2,12 +2,13 @@
 best.ckpt's weights by `eval.threshold_rule` (covidseg.stats.operating_point), stored in best.ckpt
 (covidseg.checkpoints.store_operating_point) and written to metrics.json as operating_point/<key>.
 
-A rule that needs both classes is refused before training when the validation split lacks one
-(check_validation_classes). A rule that the trained model cannot meet on validation (its point would call
-every validation image one class, or no threshold beats chance) does not fail the run: the model and its
-test metrics are still results (a collapsed model is one the report must show), so the run falls back to
-the fixed threshold (eval.threshold, default 0.5) and says so in the log, in the checkpoint and in
-metrics.json (operating_point/rule fixed, operating_point/requested_rule, operating_point/note).
+A validation split without a class is refused before training (every class needs images in train, val and
+test: covidseg.data.split.check_classes_in_splits). A rule that the trained model cannot meet on validation
+(its point would call every validation image one class, or no threshold beats chance) does not fail the
+run: the model and its test metrics are still results (a collapsed model is one the report must show), so
+the run falls back to the fixed threshold (eval.threshold, default 0.5) and says so in the log, in the
+checkpoint and in metrics.json (operating_point/rule fixed, operating_point/requested_rule and
+operating_point/note).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from covidseg.inference.evaluation import class_probabilities
 from covidseg.models.classifier import Classifier
 from covidseg.models.divergence import check_finite_outputs
 from covidseg.models.metrics import POSITIVE_THRESHOLD
-from covidseg.stats.operating_point import DEFAULT_RULE, check_rule_data, choose_threshold, parse_rule
+from covidseg.stats.operating_point import DEFAULT_RULE, choose_threshold, parse_rule
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +35,8 @@ KEY_PREFIX = "operating_point/"
 def _rule_and_fixed(settings: Mapping[str, Any] | None) -> tuple[str, float]:
     settings = settings or {}
     fixed = settings.get("threshold")
-    return settings.get("threshold_rule") or DEFAULT_RULE, POSITIVE_THRESHOLD if fixed is None else float(
-        fixed
-    )
-
-
-def check_validation_classes(settings: Mapping[str, Any] | None, datamodule: CXRDataModule) -> None:
-    """Before training: a rule that chooses the threshold on validation needs both classes there.
-
-    Args:
-        settings: the run's `eval` config (threshold_rule, threshold).
-        datamodule: the run's data, set up for fit.
-
-    Raises:
-        UserError: the validation split lacks a class (covidseg.stats.operating_point.check_rule_data).
-    """
-    if len(datamodule.classes) != 2:
-        return
-    rule, _ = _rule_and_fixed(settings)
-    negative, positive = datamodule.class_counts("val")
-    check_rule_data(parse_rule(rule), negative, positive, datamodule.classes)
+    rule = settings.get("threshold_rule") or DEFAULT_RULE
+    return rule, POSITIVE_THRESHOLD if fixed is None else float(fixed)
 
 
 def choose_run_point(

@@ -101,7 +101,7 @@ def parse_rule(text: object, option: str = RULE_OPTION) -> Rule:
     raise UserError(f"{option} must be {ALLOWED_RULES}; got {text!r}. Set e.g. {option}={DEFAULT_RULE}.")
 
 
-def check_rule_data(rule: Rule, n_negative: int, n_positive: int, classes: Sequence[str]) -> None:
+def _check_both_classes(rule: Rule, n_negative: int, n_positive: int, classes: Sequence[str]) -> None:
     """Refuse to choose a threshold by `rule` on data without both classes (fixed needs no data).
 
     Args:
@@ -225,7 +225,7 @@ def choose_threshold(
         sens = BINARY_METRICS["recall"](y, p, fixed) if n_pos else math.nan
         spec = BINARY_METRICS["specificity"](y, p, fixed) if n_neg else math.nan
         return OperatingPoint(rule.text, float(fixed), sens, spec, n_neg, n_pos)
-    check_rule_data(rule, n_neg, n_pos, classes)
+    _check_both_classes(rule, n_neg, n_pos, classes)
     points = roc_points(y, p)
     k = _index(points, rule)
     sens, spec = float(points["sensitivity"][k]), float(points["specificity"][k])
