@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from covidseg.inference.evaluation import evaluate_and_write, evaluation_datamodule
+from covidseg.inference.thresholds import eval_point, point_keys
 from covidseg.models.classifier import load_classifier
 from covidseg.outputs import layout
 from covidseg.runs.job import hydra_entry, run_dir
@@ -19,10 +20,11 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """covidseg-eval: test the classifier cfg.ckpt_path on cfg.data (split cfg.data.split), preprocessed as
-    its checkpoint records; writes metrics.json and predictions.csv to the run folder.
+    its checkpoint records; writes metrics.json and predictions.csv to the run folder. The threshold
+    metrics test/op/<metric> are at the checkpoint's operating point, or at eval.threshold when given.
 
     Args:
-        cfg: the eval config (ckpt_path, data, segmenter.ckpt_path, trainer).
+        cfg: the eval config (ckpt_path, data, segmenter.ckpt_path, eval.threshold, trainer).
 
     Returns:
         The test metrics, as written to metrics.json.
@@ -39,7 +41,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": (model.hparams.data_config or {}).get("seed"),
         "evaluated_split": cfg.data.split,
     }
-    metrics = evaluate_and_write(trainer, model, datamodule, run_dir(), None, extra)
+    point = eval_point(model, cfg.get("eval"))
+    extra.update(point_keys(point))
+    threshold = point["threshold"] if point else None
+    metrics = evaluate_and_write(trainer, model, datamodule, run_dir(), None, extra, threshold)
     log.info("metrics: %s", {k: metrics[k] for k in ("test/acc", "test/recall", "test/f1", "test/auroc")})
     log.info("Wrote %s", run_dir() / layout.METRICS)
     return metrics

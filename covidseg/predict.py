@@ -2,7 +2,8 @@
 
 covidseg-predict ckpt_path=<train run>/checkpoints/best.ckpt inputs=<file | folder | glob | csv> [cam=true]
 
-Run directory: predictions.csv (path, prob_<class>..., predicted, threshold, [cam], error) and, with
+Run directory: predictions.csv (path, prob_<class>..., predicted, threshold, threshold_rule, [cam], error;
+the threshold is the operating point stored in the checkpoint, 0.5 for checkpoints from before) and, with
 cam=true, cam/<row>_<name>.png per image. Unreadable files get a row with the reason in `error`.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import Progress
-from torch.utils.data import DataLoader
 
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset, model_input
 from covidseg.errors import UserError
 from covidseg.explain.gradcam import cam_maps
+from covidseg.inference.evaluation import class_probabilities
 from covidseg.inference.prediction import (
     check_classifier_checkpoint,
     collect_inputs,
@@ -51,22 +51,6 @@ class _Advance(L.Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.progress.advance(self.task, len(outputs))
-
-
-def _model_inputs(batch: tuple[torch.Tensor, torch.Tensor], mean: float, std: float) -> torch.Tensor:
-    return model_input(batch[0], mean, std)
-
-
-def _probabilities(
-    trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, dataset: ArrayDataset, cfg: DictConfig
-) -> np.ndarray:
-    if len(dataset) == 0:
-        return np.zeros((0, len(model.class_names)), np.float32)
-    # The loader is not the data module's, so its batches are made model inputs here (one uint8 chunk read).
-    inputs = partial(_model_inputs, mean=datamodule.mean, std=datamodule.std)
-    loader = DataLoader(dataset, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=inputs)
-    batches = trainer.predict(model, dataloaders=loader)
-    return torch.cat(batches).float().cpu().numpy()
 
 
 def _overlays(
@@ -111,6 +95,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     check_classifier_checkpoint(cfg.ckpt_path)
     model = load_classifier(cfg.ckpt_path).eval()
     datamodule = prediction_datamodule(model, cfg.cache_dir, cfg.batch_size, cfg.segmenter.ckpt_path)
+    point = model.decision_point()  # the threshold chosen on validation, stored in the checkpoint
     files, shown = collect_inputs(str(cfg.inputs))
     log.info("Predicting %d file(s) with %s (input: %s)", len(files), cfg.ckpt_path, datamodule.input)
     parts = []
@@ -122,10 +107,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             table, dataset = datamodule.prediction_inputs(files[chunk])
             table.index += start
             progress.advance(task, int(table["error"].notna().sum()))
-            probs = _probabilities(trainer, model, datamodule, dataset, cfg)
+            probs = class_probabilities(
+                trainer, model, dataset, datamodule.mean, datamodule.std, cfg.batch_size, cfg.num_workers
+            )
             readable = list(table.loc[table["error"].isna(), "file"])
             check_finite_outputs(probs, readable, f"Checkpoint {cfg.ckpt_path}")
-            rows = prediction_rows(shown[chunk], table, probs, model.class_names).set_index(table.index)
+            rows = prediction_rows(shown[chunk], table, probs, model.class_names, point)
+            rows = rows.set_index(table.index)
             if cfg.cam:
                 device = trainer.strategy.root_device
                 rows.insert(

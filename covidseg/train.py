@@ -1,6 +1,7 @@
 """covidseg-train: train one classifier (Hydra; `-m` for sweeps) and write its run directory.
 
-Run directory: .hydra/config.yaml, splits.csv, checkpoints/{best,last}.ckpt, metrics.json,
+Run directory: .hydra/config.yaml, splits.csv, checkpoints/{best,last}.ckpt (best.ckpt with the operating
+point chosen on validation, covidseg.inference.thresholds), metrics.json,
 predictions.csv (test split), lung_energy.json + cam_gallery.npz (for covidseg-report), csv/metrics.csv
 (per-epoch curves), wandb/ (if enabled).
 resume=true with the same hydra.run.dir continues an interrupted run from last.ckpt
@@ -18,10 +19,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from covidseg.checkpoints import store_operating_point
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.errors import UserError
 from covidseg.explain.job_arrays import write_job_cams
 from covidseg.inference.evaluation import evaluate_and_write, evaluate_external
+from covidseg.inference.thresholds import choose_run_point, point_keys
 from covidseg.masks import area_by_class, images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.outputs import layout
@@ -97,9 +100,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "optimized_metric": cfg.get("optimized_metric"),
             **mask_area,
         }
+        point = None
+        if model.binary:  # the threshold for test and external sets, chosen on validation
+            point = choose_run_point(trainer, model, datamodule, best, cfg.get("eval"))
+            if best:
+                store_operating_point(best, point)
+            extra.update(point_keys(point))
+        threshold = point["threshold"] if point else None
         if datamodule.external:
-            extra.update(evaluate_external(trainer, model, datamodule, out_dir, best))
-        metrics = evaluate_and_write(trainer, model, datamodule, out_dir, best, extra)
+            extra.update(evaluate_external(trainer, model, datamodule, out_dir, best, threshold))
+        metrics = evaluate_and_write(trainer, model, datamodule, out_dir, best, extra, threshold)
         leave_cams_for_report(cfg, out_dir, model, datamodule, masks)
         return metrics
 

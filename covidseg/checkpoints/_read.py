@@ -8,10 +8,11 @@ allowed below.
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 # loop, optimizer, scheduler and grad-scaler states hold only tensors, numbers, strings, lists and dicts.
 # Add a global here only with a comment saying which checkpoint needs it and why it cannot run code.
 ALLOWED_GLOBALS: list[Any] = []
+
+# A classifier's operating point, chosen on validation after training and added to best.ckpt
+# (covidseg.inference.thresholds): {"rule", "threshold", "positive_class", "chosen_on", "n_val", ...}.
+OPERATING_POINT_KEY = "covidseg_operating_point"
 
 TRUST_HINT = (
     "Only load checkpoints you trust, or retrain (covidseg-train / covidseg-train-segmenter) "
@@ -198,3 +203,35 @@ def load_module(module_class: type[Module], path: str | Path, missing_hint: str,
         return module_class.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, **overrides, _instantiator=None
         )
+
+
+def operating_point(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The operating point a classifier checkpoint stores (OPERATING_POINT_KEY): the threshold on the positive
+    class's probability (prob > threshold is positive) and the rule that chose it.
+
+    Args:
+        checkpoint: the checkpoint's contents (read_checkpoint, or Lightning's dict in on_load_checkpoint).
+
+    Returns:
+        a copy of the stored dict; None for checkpoints without one (written before covidseg stored one, or
+        during training), whose predictions keep the old fixed rule prob > 0.5.
+
+    Raises:
+        UserError: the stored point has no rule or no finite threshold.
+    """
+    point = checkpoint.get(OPERATING_POINT_KEY)
+    if point is None:
+        return None
+    threshold = point.get("threshold") if isinstance(point, Mapping) else None
+    if (
+        not isinstance(point, Mapping)
+        or not isinstance(point.get("rule"), str)
+        or isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+    ):
+        raise UserError(
+            f"The checkpoint's {OPERATING_POINT_KEY} is not a rule with a finite threshold ({point!r}): it "
+            f"was changed after covidseg wrote it. {TRUST_HINT}"
+        )
+    return dict(point)

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from covidseg.checkpoints._read import load_mapped
+from covidseg.checkpoints._read import OPERATING_POINT_KEY, load_mapped
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -224,6 +224,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 _SPARE_SUFFIX = ".previous"
+
+
+def store_operating_point(path: str | Path, point: Mapping[str, Any]) -> None:
+    """Add a classifier's operating point to its checkpoint (OPERATING_POINT_KEY; read it back with
+    covidseg.checkpoints.operating_point), rewritten by AtomicCheckpointIO: read with its CRCs checked,
+    written whole with new ones to a temporary file and renamed over `path`. A file that shared its content
+    with `path` (last.ckpt after an improving last epoch, a hard link) keeps its own: the rename parts them.
+
+    Args:
+        path: the checkpoint (best.ckpt).
+        point: rule, threshold, positive_class, chosen_on, n_val and what else describes the choice.
+    """
+    checkpoint = load_mapped(path, map_location="cpu")
+    checkpoint[OPERATING_POINT_KEY] = dict(point)
+    writer = AtomicCheckpointIO(background=False)
+    try:
+        writer.save_checkpoint(checkpoint, path)
+    finally:
+        writer.teardown()
 
 
 def _write_error(target: Path, checkpoint: dict[str, Any], error: BaseException) -> OSError | None:

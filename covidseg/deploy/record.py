@@ -7,6 +7,7 @@ what the networks were trained on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,17 @@ def classifier_steps(data: CXRDataModule, background: int | None) -> list[str]:
     return steps
 
 
-def decision(classes: list[str]) -> dict[str, Any]:
+def decision(classes: list[str], point: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """How the network's output becomes probabilities and a predicted class (covidseg.models.metrics'
-    rule)."""
+    rule, at the checkpoint's operating point: Classifier.decision_point; None: 0.5)."""
     if len(classes) == 2:
         return {
             "meaning": f"one logit per image: p({classes[1]}) = sigmoid(logit), p({classes[0]}) = 1 - p",
             "activation": "sigmoid",
             "positive_class": classes[1],
-            "threshold": POSITIVE_THRESHOLD,
+            "threshold": point["threshold"] if point else POSITIVE_THRESHOLD,
+            "threshold_rule": point["rule"] if point else "fixed",
+            "threshold_chosen_on": point.get("chosen_on") if point else "default",
             "rule": f"predict {classes[1]} when p({classes[1]}) > threshold (strictly greater), else "
             f"{classes[0]}",
         }
@@ -76,6 +79,8 @@ def decision(classes: list[str]) -> dict[str, Any]:
         "activation": "softmax",
         "positive_class": None,
         "threshold": None,
+        "threshold_rule": None,
+        "threshold_chosen_on": None,
         "rule": "predict the class with the highest probability (argmax)",
     }
 
@@ -141,7 +146,7 @@ def build_record(
             "torch_version": torch.__version__,
         },
         "classes": classes,
-        "output": decision(classes),
+        "output": decision(classes, model.decision_point()),
         "classifier": {**classifier_export, "backbone": model.hparams.backbone},
         "preprocessing": {
             "input_mode": data.input,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from covidseg.data.datamodule import CXRDataModule
-from covidseg.data.datasets import model_input
+from covidseg.data.datasets import ArrayDataset, model_input
 from covidseg.data.mask_sets import set_name
 from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.errors import UserError
@@ -26,6 +28,7 @@ from covidseg.models.divergence import check_finite_outputs
 from covidseg.models.metrics import METRIC_NAMES
 from covidseg.models.segmenter import Segmenter
 from covidseg.outputs import layout, write_csv
+from covidseg.stats.operating_point import set_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,50 @@ log = logging.getLogger(__name__)
 CONTEXT_COLUMNS = ("source",)
 
 
+def _model_inputs(batch: tuple[torch.Tensor, torch.Tensor], mean: float, std: float) -> torch.Tensor:
+    return model_input(batch[0], mean, std)
+
+
+def class_probabilities(
+    trainer: L.Trainer,
+    model: Classifier,
+    dataset: ArrayDataset,
+    mean: float,
+    std: float,
+    batch_size: int,
+    num_workers: int = 0,
+    ckpt_path: str | None = None,
+) -> np.ndarray:
+    """(N, num_classes) class probabilities of a dataset's images by `trainer.predict`, prepared as in
+    training.
+
+    The loader is not a data module's (CXRDataModule.predict_dataloader is the test split's, and Lightning
+    runs no data-module hook for loaders passed to predict), so its batches are made model inputs here.
+
+    Args:
+        trainer: the Lightning trainer that predicts.
+        model: the classifier.
+        dataset: uint8 images (and targets) as the data module prepares them.
+        mean: the normalisation mean of the model's data config.
+        std: the normalisation standard deviation.
+        batch_size: images per batch.
+        num_workers: loader processes.
+        ckpt_path: the checkpoint whose weights predict (e.g. best.ckpt); None: `model`'s as they are.
+    """
+    if len(dataset) == 0:
+        return np.zeros((0, len(model.class_names)), np.float32)
+    inputs = partial(_model_inputs, mean=mean, std=std)
+    loader = DataLoader(dataset, batch_size, num_workers=num_workers, collate_fn=inputs)
+    batches = trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path)
+    return torch.cat(batches).float().cpu().numpy()
+
+
 def evaluate_split(
-    trainer: L.Trainer, model: Classifier, datamodule: CXRDataModule, ckpt_path: str | None
+    trainer: L.Trainer,
+    model: Classifier,
+    datamodule: CXRDataModule,
+    ckpt_path: str | None,
+    threshold: float | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Test `model` (from ckpt_path if given) on the datamodule's test split.
 
@@ -44,10 +89,13 @@ def evaluate_split(
         model: the classifier; its test_results give the probabilities and the confusion matrix.
         datamodule: the data, set up for test.
         ckpt_path: the checkpoint to test (e.g. best.ckpt); None tests `model`'s weights as they are.
+        threshold: the operating point (two classes): adds brier, ece, sensitivity / specificity at fixed
+            targets and op/<metric> at it (covidseg.stats.operating_point.set_metrics); None adds none.
 
     Returns:
-        the metrics as {<metric>: value} (METRIC_NAMES, loss, confusion, n, n_patients) and one row
-        per tested image: path, label, patient_id, target, [source], prob_<class>...
+        the metrics as {<metric>: value} (METRIC_NAMES at 0.5, loss, confusion, n, n_patients, and those
+        of `threshold`) and one row per tested image: path, label, patient_id, target, [source],
+        prob_<class>...
 
     Raises:
         UserError: the model's outputs are NaN or infinite.
@@ -67,6 +115,8 @@ def evaluate_split(
     metrics: dict[str, Any] = {m: float(scores[f"test/{m}"]) for m in METRIC_NAMES}
     metrics.update(loss=float(scores["test/loss"]), confusion=results["confusion"])
     metrics.update(n=len(rows), n_patients=int(rows["patient_id"].nunique()))
+    if threshold is not None and model.binary and len(rows):
+        metrics.update(set_metrics(rows["target"], probs[:, 1], threshold))
     return metrics, rows
 
 
@@ -77,6 +127,7 @@ def evaluate_and_write(
     out_dir: Path,
     ckpt_path: str | None,
     extra: dict[str, Any],
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Test on the datamodule's test split; write metrics.json (test/<metric>, the data's counts, `extra`)
     and predictions.csv (one row per test image).
@@ -88,12 +139,14 @@ def evaluate_and_write(
         out_dir: the run folder.
         ckpt_path: the checkpoint to test; None tests `model` as it is.
         extra: more keys for metrics.json (e.g. the fit's info, the checkpoint path).
+        threshold: the operating point (evaluate_split); None: no test/op/<metric> keys.
 
     Returns:
         The metrics as written to metrics.json.
     """
-    scores, rows = evaluate_split(trainer, model, datamodule, ckpt_path)
-    metrics: dict[str, Any] = {f"test/{m}": scores[m] for m in (*METRIC_NAMES, "loss", "confusion")}
+    scores, rows = evaluate_split(trainer, model, datamodule, ckpt_path, threshold)
+    # n and n_patients are the data's counts (n_test in datamodule.stats), not test/ scores
+    metrics: dict[str, Any] = {f"test/{k}": v for k, v in scores.items() if k not in ("n", "n_patients")}
     metrics["classes"] = model.class_names
     metrics.update(datamodule.stats)
     metrics.update(extra)
@@ -108,10 +161,12 @@ def evaluate_external(
     datamodule: CXRDataModule,
     out_dir: Path,
     ckpt_path: str | None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Test on every image of each of `datamodule.external` (a training run's other-hospital sets), as
     `covidseg-eval ckpt_path=<best.ckpt> data.root=<folder>` would; write predictions_<name>.csv and return
-    external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients) and `external_sets`.
+    external/<name>/<metric> keys (METRIC_NAMES, confusion, n, n_patients, those of `threshold`) and
+    `external_sets`.
 
     Args:
         trainer: the Lightning trainer that runs the tests.
@@ -119,6 +174,7 @@ def evaluate_external(
         datamodule: the training run's data; its masks, batch size and cache serve the external sets too.
         out_dir: the run folder.
         ckpt_path: the checkpoint to test; None tests `model` as it is.
+        threshold: the operating point (evaluate_split); None: no op/<metric> keys.
     """
     metrics: dict[str, Any] = {"external_sets": {f.name: str(f.resolve()) for f in datamodule.external}}
     for folder in datamodule.external:
@@ -130,7 +186,7 @@ def evaluate_external(
         }
         external = evaluation_datamodule(model, data, masks=datamodule.masks)
         external.setup("test")
-        scores, rows = evaluate_split(trainer, model, external, ckpt_path)
+        scores, rows = evaluate_split(trainer, model, external, ckpt_path, threshold)
         write_csv(rows, out_dir / layout.predictions_file(folder.name))
         metrics.update({f"external/{folder.name}/{k}": v for k, v in scores.items() if k != "loss"})
         log.info("external %s: %s", folder.name, {k: round(scores[k], 4) for k in ("acc", "recall", "auroc")})

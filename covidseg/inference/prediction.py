@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,36 +145,53 @@ def prediction_datamodule(
     return evaluation_datamodule(model, {"batch_size": batch_size, "cache_dir": cache_dir}, segmenter_ckpt)
 
 
-def predicted_classes(probs: np.ndarray, class_names: list[str]) -> tuple[list[str], Any]:
-    """Each image's predicted class and the rule's threshold: covidseg.models.metrics' threshold on the
-    positive class (the last) for two classes, the most probable class ('argmax') for more.
+def predicted_classes(
+    probs: np.ndarray, class_names: list[str], threshold: float = POSITIVE_THRESHOLD
+) -> tuple[list[str], Any]:
+    """Each image's predicted class and the rule's threshold: covidseg.models.metrics' rule on the positive
+    class (the last) for two classes, the most probable class ('argmax') for more.
+
+    Args:
+        probs: class probabilities, one row per image.
+        class_names: the classifier's classes.
+        threshold: the operating point (two classes only).
     """
     if len(class_names) == 2:
-        positive = predicted_positive(probs[:, 1])
-        return [class_names[int(p)] for p in positive], POSITIVE_THRESHOLD
+        positive = predicted_positive(probs[:, 1], threshold)
+        return [class_names[int(p)] for p in positive], threshold
     return [class_names[i] for i in probs.argmax(axis=1)], "argmax"
 
 
 def prediction_rows(
-    shown: list[str], table: pd.DataFrame, probs: np.ndarray, class_names: list[str]
+    shown: list[str],
+    table: pd.DataFrame,
+    probs: np.ndarray,
+    class_names: list[str],
+    point: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """predictions.csv rows of one batch of files: path, prob_<class>..., predicted, threshold, error.
+    """predictions.csv rows of one batch of files: path, prob_<class>..., predicted, threshold,
+    threshold_rule, error.
 
     Args:
         shown: each file's path as the user gave it, in order.
         table: CXRDataModule.prediction_inputs' table; its `error` column marks the unreadable files.
         probs: class probabilities (readable files, class_names order); unreadable files get NaN.
         class_names: the classifier's classes.
+        point: the operating point (Classifier.decision_point: rule, threshold); None: 0.5, or argmax for
+            more than two classes.
     """
     rows = pd.DataFrame({"path": shown})
     readable = table["error"].isna().to_numpy()
     for i, name in enumerate(class_names):
         rows[f"prob_{name}"] = np.nan
         rows.loc[readable, f"prob_{name}"] = probs[:, i]
-    predicted, threshold = predicted_classes(probs, class_names)
+    threshold = point["threshold"] if point else POSITIVE_THRESHOLD
+    predicted, threshold = predicted_classes(probs, class_names, threshold)
     rows["predicted"] = None
     rows.loc[readable, "predicted"] = predicted
     rows["threshold"] = threshold
+    binary_rule = point["rule"] if point else "fixed"
+    rows["threshold_rule"] = binary_rule if len(class_names) == 2 else "argmax"
     rows["error"] = table["error"].to_numpy()
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from torchmetrics.classification import (
     Specificity,
 )
 
-from covidseg.checkpoints import load_module
+from covidseg.checkpoints import load_module, operating_point
 from covidseg.errors import UserError
 from covidseg.models.base import BaseTask
-from covidseg.models.metrics import predicted_positive
+from covidseg.models.metrics import POSITIVE_THRESHOLD, predicted_positive
 from covidseg.models.pretrained import check_overlap, read_weights, weights_path
+
+log = logging.getLogger(__name__)
 
 
 def check_backbone(name: str) -> None:
@@ -162,6 +165,8 @@ class Classifier(BaseTask):
         # The validation epochs (sanity check excluded) in which every image got the same class: a collapsed
         # model.
         self.single_class_epochs = 0
+        # The operating point of the checkpoint loaded (covidseg.checkpoints.operating_point); None before.
+        self.stored_point: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -267,6 +272,28 @@ class Classifier(BaseTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.single_class_epochs = int(checkpoint.get("single_class_epochs", 0))
+        self.stored_point = operating_point(checkpoint)
+
+    def decision_point(self) -> dict[str, Any] | None:
+        """The operating point that turns p(positive class) into a class: the one stored in the loaded
+        checkpoint (chosen on validation after training); for a checkpoint without one (from before covidseg
+        stored it) the old rule p > 0.5, said in the log. None for more than two classes (argmax).
+        """
+        if not self.binary:
+            return None
+        if self.stored_point is not None:
+            return dict(self.stored_point)
+        log.info(
+            "The checkpoint stores no operating point (written before covidseg chose one on validation): "
+            "the fixed threshold %s is used.",
+            POSITIVE_THRESHOLD,
+        )
+        return {
+            "rule": "fixed",
+            "threshold": POSITIVE_THRESHOLD,
+            "positive_class": self.class_names[-1],
+            "chosen_on": "default",
+        }
 
     def test_results(self) -> dict[str, Any]:
         """The confusion matrix (rows = true class) and the per-image probabilities of the last test run."""

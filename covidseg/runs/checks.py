@@ -20,6 +20,7 @@ from covidseg.data.intensity import check_clahe_clip, check_equalize_mode
 from covidseg.data.split import SPLITS, check_folds
 from covidseg.errors import UserError
 from covidseg.explain.gradcam import CAM_METHODS
+from covidseg.stats.operating_point import RULE_OPTION, parse_rule
 
 MIN_IMAGE_SIZE = 32  # the backbones downsample by 32; smaller inputs vanish before the classifier head
 MAX_SEED = 2**32 - 1
@@ -91,6 +92,14 @@ def _max_epochs(key: str, value: Any) -> None:
         )
 
 
+def _threshold(key: str, value: Any) -> None:
+    # 0 or 1 would call (nearly) every image one class under the rule prob > threshold.
+    if value is not None and (not _is_number(value) or not 0.0 < value < 1.0):
+        raise UserError(
+            f"{key} must be null or a number strictly between 0 and 1, got {value!r}. Set e.g. {key}=0.5."
+        )
+
+
 def _one_of(allowed: tuple[str, ...]) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if value not in allowed:
@@ -120,6 +129,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "chunk_size": _int_at_least(1, 1024),
     "num_workers": _int_at_least(0, 0),
     "cam_method": _one_of(CAM_METHODS),
+    RULE_OPTION: lambda key, value: parse_rule(value, key),
+    "eval.threshold": _threshold,
 }
 # The data options a checkpoint records that decide how images become network inputs (its `data_config`;
 # the segmenter's own hyperparameters): a bad one there makes every output NaN or meaningless.
@@ -144,6 +155,14 @@ def check_config(cfg: DictConfig) -> None:
             f"data.fold={fold} has no effect: data.folds is null (one train/val/test split). For K-fold "
             f"cross-validation set data.folds=K as well (e.g. data.folds=5 data.fold={fold}), "
             "or drop data.fold."
+        )
+    rule = OmegaConf.select(cfg, RULE_OPTION, default=None)
+    threshold = OmegaConf.select(cfg, "eval.threshold", default=None)
+    if rule is not None and threshold is not None and parse_rule(rule).kind != "fixed":
+        raise UserError(
+            f"eval.threshold={threshold} has no effect with {RULE_OPTION}={rule}, which chooses the "
+            f"threshold on the validation split. Set {RULE_OPTION}=fixed as well to use it, or drop "
+            "eval.threshold."
         )
     ratios = OmegaConf.select(cfg, "data.split_ratios", default=_ABSENT)
     if ratios is not _ABSENT:

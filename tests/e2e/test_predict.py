@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from covidseg.checkpoints import operating_point, read_checkpoint
 from tests.conftest import run_cli
 from tests.data.dicom_files import write_dicom
 
@@ -41,12 +42,15 @@ def test_predict_on_a_folder_writes_one_row_and_one_overlay_per_image(
         "prob_covid",
         "predicted",
         "threshold",
+        "threshold_rule",
         "cam",
         "error",
     ]
-    assert rows["error"].isna().all() and (rows["threshold"] == 0.5).all()
+    point = operating_point(read_checkpoint(tiny_classifier, ""))  # chosen on validation by the run
+    assert rows["error"].isna().all() and (rows["threshold"] == point["threshold"]).all()
+    assert (rows["threshold_rule"] == point["rule"]).all()
     assert np.allclose(rows["prob_normal"] + rows["prob_covid"], 1, atol=1e-6)
-    assert (rows["predicted"] == np.where(rows["prob_covid"] > 0.5, "covid", "normal")).all()
+    assert (rows["predicted"] == np.where(rows["prob_covid"] > point["threshold"], "covid", "normal")).all()
     overlays = sorted((out / "cam").glob("*.png"))
     assert len(overlays) == 44 and sorted(rows["cam"]) == [f"cam/{p.name}" for p in overlays]
     with Image.open(overlays[0]) as overlay:

@@ -11,6 +11,10 @@ import pytest
 from tests.conftest import make_dataset, read_metrics, run_cli
 
 CONTRACT_FLOATS = ["test/acc", "test/precision", "test/recall", "test/specificity", "test/f1", "test/auroc"]
+# at the operating point stored in best.ckpt, and threshold-free (covidseg.stats.operating_point.set_metrics)
+POINT_FLOATS = [f"test/op/{m}" for m in ("acc", "precision", "recall", "specificity", "f1")] + [
+    "test/brier", "test/ece", "test/sens@spec0.90", "test/sens@spec0.95", "test/spec@sens0.90"
+]  # fmt: skip
 SMALL = ["data.image_size=32", "model.backbone=test_resnet"]  # what these tests check does not need resnet18
 
 
@@ -69,8 +73,9 @@ def test_eval_on_the_checkpoint_agrees_with_the_test_metrics(tiny_run, tmp_path,
         f"hydra.run.dir={out}",
     )
     trained, evaluated = read_metrics(tiny_run), read_metrics(out)
-    for key in CONTRACT_FLOATS:
+    for key in CONTRACT_FLOATS + POINT_FLOATS:
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert evaluated["operating_point/threshold"] == trained["operating_point/threshold"]
     assert evaluated["test/confusion"] == trained["test/confusion"]
     a, b = pd.read_csv(tiny_run / "predictions.csv"), pd.read_csv(out / "predictions.csv")
     assert list(a["path"]) == list(b["path"])
