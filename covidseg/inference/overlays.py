@@ -143,7 +143,11 @@ def save_cam_overlay(
             )
         )
     axes[0].set_title("image" + (", lung mask (red)" if lung_mask is not None else ""), fontsize=8)
-    axes[1].set_title(f"network input, {cam_label}" + (" (its crop: dashed)" if cam_box else ""), fontsize=8)
+    crop = " (its crop: dashed)" if cam_box else ""
+    empty = (
+        "\nzero everywhere: no evidence for it" if not np.any(cam > 0) else ""
+    )  # else a flat blue reads as 'all'
+    axes[1].set_title(f"network input, {cam_label}{crop}{empty}", fontsize=8)
     colour_axes = fig.add_axes(
         ((side + 2 * panel_w + gap + 0.12) / fig_w, foot / fig_h, 0.15 / fig_w, panel_h / fig_h)
     )
