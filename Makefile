@@ -27,8 +27,8 @@ train-3class:
 eval:
 	$(BIN)/covidseg-eval ckpt_path=$(CKPT) $(if $(DATA),data.root=$(DATA),) $(ARGS)
 
-# Stage 1: train the lung segmenter on normal and COVID lungs (lungs/ and lungs-covid/); its checkpoint is
-# where segmenter.ckpt_path looks by default.
+# Stage 1: train the lung segmenter on normal and COVID lungs (lungs/ and lungs-covid/) into segmenter/default/;
+# segmenter.ckpt_path's default is the newest finished segmenter run (this one, or covidseg-train-segmenter's).
 segmenter:
 	$(BIN)/covidseg-train-segmenter hydra.run.dir=$${COVIDSEG_LOG_DIR:-logs}/segmenter/default $(ARGS)
 

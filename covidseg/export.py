@@ -2,7 +2,9 @@
 
 Writes into its run directory (or out_dir): classifier.onnx, classifier.torchscript.pt, for segmented-input
 checkpoints segmenter.onnx and segmenter.torchscript.pt, and preprocessing.json (what to do to an image
-before the networks and with their outputs after; covidseg.deploy.record). Each exported file is checked
+before the networks and with their outputs after, DICOM decoding and every threshold included;
+covidseg.deploy.record). The ONNX files carry their classes, threshold, rule and intended use in their
+metadata_props (covidseg.deploy.steps.onnx_metadata). Each exported file is checked
 against PyTorch on random batches; the largest differences are in preprocessing.json under `checks`. The
 files are written together, under temporary names renamed into place at the end (covidseg.outputs): a
 failed export leaves the folder's previous files, or none, never half of one.
@@ -18,8 +20,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from covidseg.data.images import file_digest
-from covidseg.deploy.networks import export_network
+from covidseg.deploy.networks import export_network, with_metadata
 from covidseg.deploy.record import build_record
+from covidseg.deploy.steps import onnx_metadata
 from covidseg.errors import UserError
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.models.classifier import load_classifier
@@ -81,6 +84,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         files.update(segmenter_files)
     content = build_record(model, ckpt, file_digest(ckpt), classifier, masks, segmenter)
     files[RECORD_FILE] = json.dumps(content, indent=2).encode("utf-8")
+    # Each ONNX file also says on its own what it is for and how to read its output.
+    for name, part in (("classifier", classifier), ("segmenter", segmenter)):
+        if part:
+            files[part["onnx"]] = with_metadata(files[part["onnx"]], onnx_metadata(content, name))
     # All files of this export replace the folder's older ones together, or none does.
     write_files(out_dir, files, fix)
     checks = {

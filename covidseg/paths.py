@@ -7,9 +7,12 @@ logs default to places that do not depend on where the package is installed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+
+from covidseg.outputs import layout
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _PROJECT_NAME = re.compile(r"""^name\s*=\s*["']covidseg["']""", re.MULTILINE)
@@ -84,6 +87,58 @@ def log_dir() -> Path:
     return Path(env).expanduser().absolute() if env else Path.cwd() / "logs"
 
 
+# covidseg-train-segmenter's task_name: its runs are <log dir>/segmenter/runs/<date>
+SEGMENTER_TASK = "segmenter"
+_DEFAULT_SEGMENTERS: dict[str, str] = {}  # log dir -> the segmenter the default chose in this process
+
+
+def segmenter_runs(log_dir: str | Path) -> list[Path]:
+    """The finished segmenter runs under `log_dir`, newest first: `segmenter/runs/<date>/` (what
+    covidseg-train-segmenter writes by default) and `segmenter/default/` (where `make segmenter` and older
+    versions put it). Finished: checkpoints/best.ckpt and a metrics.json with the test Dice, which a run
+    writes once it has tested its best checkpoint (an interrupted or running one has none); newest: by
+    that metrics.json's time. Sweeps (`segmenter/multiruns/`) are comparisons: pick one of their jobs
+    explicitly."""
+    root = Path(log_dir) / SEGMENTER_TASK
+    found = []
+    for run in [root / "default", *sorted((root / "runs").glob("*"))]:
+        metrics = run / layout.METRICS
+        try:
+            finished = "test/dice" in json.loads(metrics.read_text())
+        except (OSError, ValueError):  # absent, being written, or not ours
+            continue
+        if finished and (run / layout.CHECKPOINTS / layout.BEST).is_file():
+            found.append((metrics.stat().st_mtime_ns, run))
+    return [run for _, run in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def default_segmenter_ckpt(log_dir: str | Path) -> str:
+    """`${covidseg.segmenter_ckpt:${paths.log_dir}}`, segmenter.ckpt_path's default: best.ckpt of the newest
+    finished segmenter run under `log_dir` (segmenter_runs), else segmenter/default/checkpoints/best.ckpt
+    (which then does not exist, and the error says how to make one).
+
+    Chosen once per process and log folder: the jobs of a sweep run by one process all get the segmenter the
+    first one got, also when another segmenter finishes meanwhile. (The classifier records the segmenter's
+    path and SHA-1 in its checkpoint, so later evaluation and prediction use that one.)"""
+    key = str(log_dir)
+    if key not in _DEFAULT_SEGMENTERS:
+        runs = segmenter_runs(log_dir)
+        if not runs:  # not kept: a segmenter trained later in this process is found then
+            return str(Path(log_dir) / SEGMENTER_TASK / "default" / layout.CHECKPOINTS / layout.BEST)
+        _DEFAULT_SEGMENTERS[key] = str(runs[0] / layout.CHECKPOINTS / layout.BEST)
+    return _DEFAULT_SEGMENTERS[key]
+
+
+def missing_segmenter_hint() -> str:
+    """The end of every 'no segmenter' message: the command that makes one, installed or in a checkout."""
+    return (
+        "Train one with `covidseg-train-segmenter` (`make segmenter` in a source checkout): "
+        f"segmenter.ckpt_path defaults to the newest finished run under {log_dir() / SEGMENTER_TASK} "
+        "(runs/<date>/ or default/). "
+        "Or give segmenter.ckpt_path=<segmenter run>/checkpoints/best.ckpt."
+    )
+
+
 def one_or_list(one: str | None, many: list[str] | None) -> list[str] | None:
     """`${covidseg.one_or_list:${data.root},[...]}`: a single value given (data.root=<folder>) replaces the
     config's default list (data.roots), so an option that took one value keeps its meaning beside a list."""
@@ -91,8 +146,8 @@ def one_or_list(one: str | None, many: list[str] | None) -> list[str] | None:
 
 
 def register_resolvers() -> None:
-    """Make `${covidseg.data_dir:}`, `${covidseg.cache_dir:}`, `${covidseg.log_dir:}` and
-    `${covidseg.one_or_list:...}` usable in the Hydra configs."""
+    """Make `${covidseg.data_dir:}`, `${covidseg.cache_dir:}`, `${covidseg.log_dir:}`,
+    `${covidseg.one_or_list:...}` and `${covidseg.segmenter_ckpt:<log dir>}` usable in the Hydra configs."""
     from omegaconf import OmegaConf
 
     for name, folder in (("data_dir", data_dir), ("cache_dir", cache_dir), ("log_dir", log_dir)):
@@ -100,3 +155,5 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(f"covidseg.{name}", lambda folder=folder: str(folder()))
     if not OmegaConf.has_resolver("covidseg.one_or_list"):
         OmegaConf.register_new_resolver("covidseg.one_or_list", one_or_list)
+    if not OmegaConf.has_resolver("covidseg.segmenter_ckpt"):
+        OmegaConf.register_new_resolver("covidseg.segmenter_ckpt", default_segmenter_ckpt)

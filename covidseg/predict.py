@@ -1,10 +1,13 @@
 """covidseg-predict: class probabilities of new images from a trained classifier (no labels needed).
 
 covidseg-predict ckpt_path=<train run>/checkpoints/best.ckpt inputs=<file | folder | glob | csv> [cam=true]
+    [cam_class=<class>|predicted] [aggregate=patient aggregate_by=mean|max]
 
-Run directory: predictions.csv (path, prob_<class>..., predicted, threshold, threshold_rule, [cam], error;
-the threshold is the operating point stored in the checkpoint, 0.5 for checkpoints from before) and, with
-cam=true, cam/<row>_<name>.png per image. Unreadable files get a row with the reason in `error`.
+Run directory: predictions.csv (path, prob_<class>..., predicted, threshold, threshold_rule, [cam], error,
+then the DICOM identifiers and the input CSV's other columns: covidseg.inference.prediction_table; the
+threshold is the operating point stored in the checkpoint, 0.5 for checkpoints from before), with
+aggregate=patient patient_predictions.csv, and with cam=true cam/<row>_<name>.png per image. Unreadable files
+get a row with the reason in `error`.
 """
 
 from __future__ import annotations
@@ -22,17 +25,30 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import Progress
 
+from covidseg import __version__
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.datasets import ArrayDataset, model_input
+from covidseg.data.images import ImageCache
+from covidseg.data.transforms import apply_masks, lung_box
 from covidseg.errors import UserError
 from covidseg.explain.gradcam import cam_maps
 from covidseg.inference.evaluation import class_probabilities
+from covidseg.inference.overlays import RESEARCH_USE, save_cam_overlay
 from covidseg.inference.prediction import (
+    cam_label,
+    cam_target,
     check_classifier_checkpoint,
     collect_inputs,
+    input_table,
+    overlay_title,
     prediction_datamodule,
     prediction_rows,
-    save_overlay,
+)
+from covidseg.inference.prediction_table import (
+    PATIENT_COLUMN,
+    check_aggregate,
+    patient_rows,
+    with_reader_columns,
 )
 from covidseg.masks import images_and_masks
 from covidseg.models.classifier import Classifier, load_classifier
@@ -62,27 +78,52 @@ def _overlays(
     cfg: DictConfig,
     device: torch.device,
 ) -> list[str | None]:
-    """Write one overlay per readable file of a chunk; their paths (relative to the run dir), None else."""
+    """Write one overlay per readable file of a chunk; their paths (relative to the run dir), None else.
+
+    Each is drawn at its file's own width:height (read from the image cache's index, not decoded again),
+    with the Grad-CAM of cam_class (covidseg.inference.prediction.cam_target) placed where the network's
+    input came from: the whole image, or its lung crop for crop_to_lungs."""
     out, names = run_dir() / "cam", [None] * len(rows)
     out.mkdir(exist_ok=True)
     readable = np.flatnonzero(table["error"].isna().to_numpy())
-    seen = np.asarray(dataset.images[:])
-    if datamodule.masks is not None and len(readable):
+    if not len(readable):
+        return names
+    classes = list(model.class_names)
+    target = cam_target(cfg.cam_class, classes)
+    sizes = ImageCache(datamodule.cache_dir, datamodule.load_size).source_sizes(
+        list(table["file"].iloc[readable])
+    )
+    if datamodule.masks is not None:
         images, lungs = images_and_masks(datamodule.masks, datamodule, table.iloc[readable])
     else:
-        images, lungs = seen, None
+        images, lungs = dataset.images, None  # raw input: what the network saw is the image
+    footer = f"{RESEARCH_USE}  covidseg {__version__}, {Path(cfg.ckpt_path).name}"
     model.to(device)
     for start in range(0, len(readable), cfg.batch_size):
         batch = range(start, min(start + cfg.batch_size, len(readable)))
         x = model_input(dataset.images[np.asarray(batch)], datamodule.mean, datamodule.std)
-        cams = cam_maps(model.net, x, target_class=None, method=cfg.cam_method, binary=model.binary)
+        cams = cam_maps(model.net, x, target_class=target, method=cfg.cam_method, binary=model.binary)
         for i, cam in zip(batch, cams):
             row = rows.iloc[readable[i]]
+            image, lung, box = np.asarray(images[i]), None, None
+            seen = image
+            if lungs is not None:
+                lung = np.asarray(lungs[i])
+                background = datamodule.masks.background
+                seen = apply_masks(image[None], lung[None], datamodule.input, background=background)[0]
+                box = lung_box(lung, datamodule.crop_margin) if datamodule.crop_to_lungs else None
             name = f"cam/{row.name:05d}_{Path(row['path']).stem[:60]}.png"
-            prob = row[f"prob_{row['predicted']}"]
-            title = f"{Path(row['path']).name[:70]}\npredicted {row['predicted']} (p={prob:.3f})"
-            save_overlay(
-                run_dir() / name, images[i], None if lungs is None else lungs[i], seen[i], cam, title
+            save_cam_overlay(
+                run_dir() / name,
+                image,
+                seen,
+                cam,
+                sizes[i],
+                overlay_title(row, classes),
+                cam_label(target, row["predicted"], classes, cfg.cam_method),
+                lung_mask=lung,
+                cam_box=box,
+                footer=footer,
             )
             names[readable[i]] = name
     return names
@@ -97,6 +138,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     datamodule = prediction_datamodule(model, cfg.cache_dir, cfg.batch_size, cfg.segmenter.ckpt_path)
     point = model.decision_point()  # the threshold chosen on validation, stored in the checkpoint
     files, shown = collect_inputs(str(cfg.inputs))
+
+    inputs = input_table(str(cfg.inputs))  # the CSV's own columns, kept in predictions.csv
+    check_aggregate(cfg.aggregate, cfg.aggregate_by, inputs, str(cfg.inputs))
+    cam_target(cfg.cam_class, list(model.class_names))  # a class it does not have stops the run at once
     log.info("Predicting %d file(s) with %s (input: %s)", len(files), cfg.ckpt_path, datamodule.input)
     parts = []
     with Progress(transient=False) as progress:
@@ -123,7 +168,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 )
             parts.append(rows)
     predictions = pd.concat(parts)
-    write_csv(predictions, out_dir / layout.PREDICTIONS)
+    write_csv(with_reader_columns(predictions, files, inputs), out_dir / layout.PREDICTIONS)
+    if cfg.aggregate == "patient":
+        patients = patient_rows(
+            predictions, list(inputs[PATIENT_COLUMN]), model.class_names, cfg.aggregate_by
+        )
+        write_csv(patients, out_dir / layout.PATIENT_PREDICTIONS)
+        log.info(
+            "%d patient(s) (%s probability of their images): %s",
+            len(patients),
+            cfg.aggregate_by,
+            out_dir / layout.PATIENT_PREDICTIONS,
+        )
     errors = predictions["error"].notna()
     if errors.all():
         raise UserError(

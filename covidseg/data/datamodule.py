@@ -40,6 +40,7 @@ from covidseg.data.store import ArrayView, take_rows
 from covidseg.data.transforms import MASK_MODES
 from covidseg.errors import UserError
 from covidseg.paths import cache_dir as default_cache_dir
+from covidseg.paths import missing_segmenter_hint
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class CXRDataModule(ArrayDataModule):
         computed chunk by chunk for rows it lacks, only looked up by a warm run."""
         if self.masks is None:
             raise UserError(
-                f"data.input={self.input} needs lung masks: set segmenter.ckpt_path (see `make segmenter`)."
+                f"data.input={self.input} needs lung masks, from a segmenter. {missing_segmenter_hint()}"
             )
         masks = self.masks.masks_for(files, digests, size=images.shape[-1])
         self.stats.update(self.masks.stats())

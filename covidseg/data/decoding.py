@@ -40,6 +40,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from covidseg.data import dicom
 from covidseg.data.file_index import NotARegularFile, read_file_bytes
+from covidseg.data.transforms import IMAGE_RESAMPLING
 from covidseg.errors import UserError
 
 # Bump when a file's decoded pixels change (2: EXIF orientation applied, blank images refused).
@@ -233,5 +234,5 @@ def decode(path: str | Path, size: int, min_side: int = 0, data: bytes | None = 
     """
     data = read_image_bytes(path) if data is None else data
     gray = full_resolution(path, data, min_side)
-    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BOX)
+    resized = Image.fromarray(gray).resize((size, size), IMAGE_RESAMPLING)
     return np.asarray(resized, dtype=np.uint8)

@@ -33,6 +33,8 @@ DECODER_FIX = (
 
 ATTRIBUTE_FIX = "Correct the attribute (e.g. with pydicom), remove the file, or set data.on_bad_image=skip."
 DISPLAY_ATTRIBUTES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction")
+# What ties a prediction back to the hospital's records (covidseg-predict's predictions.csv).
+IDENTIFIERS = ("StudyInstanceUID", "SOPInstanceUID", "AccessionNumber")
 
 
 class DicomRefused(Exception):
@@ -56,6 +58,22 @@ def _read(path: str | Path, data: bytes, header_only: bool) -> Any:
         return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=header_only)
     except Exception as err:  # pydicom fails on damaged files in many ways (struct, value, EOF errors)
         raise DicomRefused(f"Cannot read DICOM {path}: {' '.join(str(err).split())[:200]}.") from err
+
+
+def identifiers(path: str | Path) -> dict[str, str]:
+    """The file's IDENTIFIERS that it has (empty values left out), read from the header alone: the pixel data
+    is neither read nor decoded. {} for a file that is no DICOM or cannot be read (its decoding reports why).
+    """
+    import pydicom
+
+    try:
+        with open(path, "rb") as handle:
+            if not is_dicom(path, handle.read(132)):
+                return {}
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=list(IDENTIFIERS))
+    except Exception:  # unreadable or damaged: the image's own refusal says why, once
+        return {}
+    return {name: str(ds.get(name)).strip() for name in IDENTIFIERS if str(ds.get(name) or "").strip()}
 
 
 def check_header(path: str | Path, data: bytes, min_side: int = 0) -> tuple[int, int]:

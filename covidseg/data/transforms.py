@@ -10,19 +10,24 @@ import numpy as np
 from PIL import Image
 
 MASK_MODES = ("segmented", "lungs_removed")
+# How images and masks are resized (covidseg.deploy.record writes these down for deployers).
+IMAGE_RESAMPLING = Image.Resampling.BOX  # area averaging: every source pixel counts by the area it covers
+MASK_RESAMPLING = Image.Resampling.BILINEAR  # on the 0/1 mask as float, then >= MASK_THRESHOLD
+MASK_THRESHOLD = 0.5  # a pixel at least half lung stays lung, so thin borders survive a resize
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 image to (size, size) by area averaging (BOX), as the image cache does."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+    return np.asarray(Image.fromarray(image).resize((size, size), IMAGE_RESAMPLING), dtype=np.uint8)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """0/1 mask to (size, size): interpolate then threshold at 0.5, so thin borders stay faithful."""
+    """0/1 mask to (size, size): interpolate (Pillow's bilinear filter, which widens with the reduction
+    factor when shrinking) then keep what is >= 0.5, so thin borders stay faithful."""
     if mask.shape == (size, size):
         return mask
-    resized = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
-    return (np.asarray(resized) >= 0.5).astype(np.uint8)
+    resized = Image.fromarray(mask.astype(np.float32)).resize((size, size), MASK_RESAMPLING)
+    return (np.asarray(resized) >= MASK_THRESHOLD).astype(np.uint8)
 
 
 def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:

@@ -59,6 +59,16 @@ def export_onnx(net: nn.Module, size: int, output_name: str) -> tuple[bytes, int
     return program.model_proto.SerializeToString(), int(program.model.opset_imports[""])
 
 
+def with_metadata(onnx_model: bytes, props: dict[str, str]) -> bytes:
+    """The ONNX file's bytes with `props` as its metadata_props (what onnxruntime's
+    session.get_modelmeta().custom_metadata_map returns); the graph is unchanged."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_model)
+    onnx.helper.set_model_props(model, props)
+    return model.SerializeToString()
+
+
 def export_torchscript(net: nn.Module, size: int) -> bytes:
     """`net` traced into the bytes of a TorchScript file (same input and output as the ONNX file).
 

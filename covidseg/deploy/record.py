@@ -16,6 +16,8 @@ import torch
 from covidseg import __version__
 from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.intensity import CLAHE_TILES
+from covidseg.data.transforms import IMAGE_RESAMPLING, MASK_RESAMPLING, MASK_THRESHOLD
+from covidseg.deploy.steps import INTENDED_USE, decoding, image_resize, mask_resize, thresholds
 from covidseg.masks import MaskSource
 from covidseg.models.classifier import Classifier
 from covidseg.models.metrics import POSITIVE_THRESHOLD
@@ -25,11 +27,12 @@ FORMAT = "covidseg-export/1"
 GRAYSCALE = (
     "8-bit grayscale, 0 = black (covidseg.data.images): 8-bit images (L, P, RGB, RGBA, CMYK, ...) by "
     "ITU-R 601 luma (PIL convert('L')), transparent pixels composited onto black first; 16/32-bit integer or "
-    "float images rescaled linearly from the image's own min..max to 0..255 and rounded."
+    "float images rescaled linearly from the image's own min..max to 0..255 and rounded; DICOM files as "
+    "decoding.dicom.steps say (modality LUT, VOI LUT / window, MONOCHROME1 inverted)."
 )
 RESIZE = (
-    "stretch (no padding) to a size x size square with area averaging (PIL Image.resize with "
-    "Resampling.BOX), on the uint8 image"
+    "stretch (no padding) to a size x size square with area averaging (Pillow Image.resize with "
+    f"Resampling.{IMAGE_RESAMPLING.name}, see resize), on the uint8 image"
 )
 NORMALISE = "float32 x = (pixel / 255 - mean) / std, shape (batch, 1, size, size)"
 
@@ -47,8 +50,9 @@ def classifier_steps(data: CXRDataModule, background: int | None) -> list[str]:
     if data.input != "raw":
         keep = "outside" if data.input == "segmented" else "inside"
         steps.append(
-            f"lung mask from the segmenter (see segmenter.steps) resized to {load} x {load} (bilinear on the "
-            f"0/1 mask as float, then >= 0.5); every pixel {keep} the lungs set to {background}"
+            f"lung mask from the segmenter (see segmenter.steps) resized to {load} x {load} (mask_resize: "
+            f"Pillow's {MASK_RESAMPLING.name} on the 0/1 mask as float, antialiased when shrinking, then "
+            f">= {MASK_THRESHOLD}); every pixel {keep} the lungs set to {background}"
         )
         if data.crop_to_lungs:
             steps.append(
@@ -137,7 +141,7 @@ def build_record(
     data = CXRDataModule.from_record(recorded, cache_dir=None)  # defaults for keys older records lack
     classes = list(model.class_names)
     background = masks.background if masks is not None else None
-    return {
+    record = {
         "format": FORMAT,
         "source": {
             "checkpoint": str(ckpt_path),
@@ -165,3 +169,12 @@ def build_record(
         },
         "segmenter": segmenter_section(masks, segmenter_export) if masks is not None else None,
     }
+    # What a deployer outside Python needs exactly: file decoding (DICOM), the resize calls, every threshold.
+    record["intended_use"] = INTENDED_USE
+    record["decoding"] = decoding(GRAYSCALE)
+    record["resize"] = image_resize()
+    record["mask_resize"] = mask_resize() if masks is not None else None
+    record["thresholds"] = thresholds(
+        record["output"], dict(masks.postprocess) if masks is not None else None
+    )
+    return record

@@ -22,7 +22,6 @@ from covidseg.data.datamodule import CXRDataModule
 from covidseg.data.manifest import IMAGE_SUFFIXES
 from covidseg.errors import UserError
 from covidseg.inference.evaluation import evaluation_datamodule
-from covidseg.inference.overlays import pyplot
 from covidseg.models.classifier import Classifier
 from covidseg.models.metrics import POSITIVE_THRESHOLD, predicted_positive
 from covidseg.outputs import read_csv
@@ -78,19 +77,38 @@ def _folder_images(folder: Path) -> list[Path]:
     return found
 
 
-def _csv_images(csv: Path) -> tuple[list[Path], list[str]]:
-    """The files a CSV's `path` column lists (relative to the CSV's folder), and the values as written."""
+def _read_input_csv(csv: Path) -> pd.DataFrame:
+    """An inputs CSV as written (every value a string), with a `path` column without empty values."""
     try:
         table = read_csv(csv, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"inputs={csv} is not a readable CSV ({err}). {INPUTS_HINT}") from err
     if "path" not in table.columns:
         raise UserError(f"inputs={csv} has no `path` column (it has {list(table.columns)}). {INPUTS_HINT}")
-    values = [v.strip() for v in table["path"]]
-    empty = [i + 2 for i, v in enumerate(values) if not v]
+    table["path"] = [v.strip() for v in table["path"]]
+    empty = [i + 2 for i, v in enumerate(table["path"]) if not v]
     if empty:
         raise UserError(f"inputs={csv}: line(s) {empty[:5]} have an empty path. Fill or remove them.")
+    return table
+
+
+def _csv_images(csv: Path) -> tuple[list[Path], list[str]]:
+    """The files a CSV's `path` column lists (relative to the CSV's folder), and the values as written."""
+    values = list(_read_input_csv(csv)["path"])
     return [csv.parent / Path(v).expanduser() for v in values], values
+
+
+def _input_csv(spec: str) -> Path | None:
+    """The CSV that `inputs=` names, None when it names images."""
+    path = Path(spec).expanduser()
+    return path if path.is_file() and path.suffix.lower() == ".csv" else None
+
+
+def input_table(spec: str) -> pd.DataFrame | None:
+    """The inputs CSV's columns other than `path` (accession numbers, study ids, ...), one row per file that
+    collect_inputs lists, in its order, values as written; None when `inputs=` names images, not a CSV."""
+    csv = _input_csv(str(spec))
+    return None if csv is None else _read_input_csv(csv).drop(columns="path")
 
 
 def collect_inputs(spec: str) -> tuple[list[str], list[str]]:
@@ -110,7 +128,7 @@ def collect_inputs(spec: str) -> tuple[list[str], list[str]]:
             raise UserError(
                 f"inputs={spec}: the folder holds no image file ({suffixes} or DICOM). {INPUTS_HINT}"
             )
-    elif path.is_file() and path.suffix.lower() == ".csv":
+    elif _input_csv(spec) is not None:
         files, shown = _csv_images(path)
         if not files:
             raise UserError(f"inputs={spec} lists no image (the CSV has no rows). {INPUTS_HINT}")
@@ -196,38 +214,50 @@ def prediction_rows(
     return rows
 
 
-def save_overlay(
-    path: Path,
-    image: np.ndarray,
-    lung_mask: np.ndarray | None,
-    seen: np.ndarray,
-    cam: np.ndarray,
-    title: str,
-) -> None:
-    """One image's PNG: the image (with its lung contour for masked input), and the network's input with
-    the Grad-CAM heat map of the predicted class.
+PREDICTED_CLASS = "predicted"  # cam_class value: each image's own predicted class
+
+
+def cam_target(cam_class: str | None, class_names: list[str]) -> int | None:
+    """The class whose Grad-CAM the overlays show (cam_maps' target_class; None: each image's predicted one).
+
+    cam_class None: the positive class (the last) for two classes, as the report's gallery shows it, and
+    each image's predicted class for more; `predicted`: each image's predicted class; else a class name.
+
+    Raises:
+        UserError: a name that is not one of the classifier's classes.
+    """
+    if cam_class is None:
+        return len(class_names) - 1 if len(class_names) == 2 else None
+    if cam_class == PREDICTED_CLASS:
+        return None
+    if cam_class not in class_names:
+        raise UserError(
+            f"cam_class must be null (the positive class), {PREDICTED_CLASS} or one of the classifier's "
+            f"classes {class_names}, got {cam_class!r}. Set e.g. cam_class={class_names[-1]}."
+        )
+    return class_names.index(cam_class)
+
+
+def cam_label(target: int | None, predicted: str, class_names: list[str], method: str) -> str:
+    """What an overlay's heat map explains, e.g. "Grad-CAM of covid" or "Grad-CAM++ of normal (predicted)"."""
+    name = "Grad-CAM++" if "++" in method or "plus" in method.lower() else "Grad-CAM"
+    return f"{name} of {class_names[target]}" if target is not None else f"{name} of {predicted} (predicted)"
+
+
+def overlay_title(row: pd.Series, class_names: list[str]) -> str:
+    """An overlay's title: the file, the probability of the positive class named as such (every class's for
+    more than two), and the decision with its rule: `p(covid) = 0.514 · predicted covid (p(covid) > 0.5)`.
 
     Args:
-        path: the PNG file written.
-        image: the uint8 image as loaded.
-        lung_mask: its 0/1 lung mask; None for raw input.
-        seen: the network's input as uint8 (masked and cropped like the model saw it).
-        cam: the Grad-CAM map in [0, 1], stretched over `seen`.
-        title: the figure's title (e.g. the file and its prediction).
+        row: the image's predictions.csv row (path, prob_<class>..., predicted, threshold).
+        class_names: the classifier's classes.
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
-    axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
-    if lung_mask is not None and lung_mask.any():
-        axes[0].contour(lung_mask, levels=[0.5], colors="red", linewidths=0.8)
-    axes[0].set_title("image" if lung_mask is None else "image, lung mask (red)", fontsize=8)
-    axes[1].imshow(seen, cmap="gray", vmin=0, vmax=255)
-    height, width = seen.shape
-    axes[1].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=(0, width, height, 0))
-    axes[1].set_title("network input, Grad-CAM", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    file = Path(str(row["path"])).name[:80]
+    if len(class_names) == 2:
+        positive = class_names[-1]
+        probability = f"p({positive}) = {row[f'prob_{positive}']:.3f}"
+        rule = f"{positive} if p({positive}) > {row['threshold']:g}"
+    else:
+        probability = ", ".join(f"p({c}) = {row[f'prob_{c}']:.3f}" for c in class_names)
+        rule = "the most probable class"
+    return f"{file}\n{probability}  \u00b7  predicted {row['predicted']} ({rule})"

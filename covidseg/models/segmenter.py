@@ -20,6 +20,7 @@ from covidseg.checkpoints import load_module
 from covidseg.errors import UserError
 from covidseg.models.base import BaseTask
 from covidseg.models.pretrained import load_encoder_weights
+from covidseg.paths import missing_segmenter_hint
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,7 @@ def load_segmenter(ckpt_path: str | Path) -> Segmenter:
     return load_module(
         Segmenter,
         ckpt_path,
-        "Train a segmenter with `make segmenter` (or "
-        "covidseg-train-segmenter) and/or set segmenter.ckpt_path=<.../checkpoints/best.ckpt>.",
+        missing_segmenter_hint(),
         encoder_weights=None,
         encoder_weights_file=None,
     )

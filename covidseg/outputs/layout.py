@@ -5,7 +5,8 @@ A training run (covidseg-train) writes, in its folder (hydra.run.dir, or <sweep>
 .hydra/config.yaml, CONFIG_RESOLVED, SPLITS, CHECKPOINTS/{BEST,LAST}, METRICS, PREDICTIONS,
 predictions_<external set>.csv, LUNG_ENERGY, CAM_GALLERY, MASK_STATS and MASKS_OVERVIEW (segmented input),
 CURVES (csv logger) and FAILED when a job of a sweep failed. A segmenter run writes METRICS, OVERLAYS and
-SEGMENTATION_SCORES; covidseg-export writes PREPROCESSING beside its networks; covidseg-report writes REPORT
+SEGMENTATION_SCORES; covidseg-predict writes PREDICTIONS (and PATIENT_PREDICTIONS with aggregate=patient);
+covidseg-export writes PREPROCESSING beside its networks; covidseg-report writes REPORT
 and RESULTS in the sweep folder.
 """
 
@@ -19,6 +20,7 @@ BEST = "best.ckpt"
 LAST = "last.ckpt"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
+PATIENT_PREDICTIONS = "patient_predictions.csv"  # covidseg-predict aggregate=patient: one row per patient
 FAILED = "failed.json"
 LUNG_ENERGY = "lung_energy.json"
 CAM_GALLERY = "cam_gallery.npz"
