@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from covidseg.checkpoints import operating_point, read_checkpoint
 from covidseg.data.transforms import resize_image, resize_mask
 from covidseg.deploy.networks import onnx_session
 from covidseg.deploy.steps import mask_resize, thresholds
@@ -100,12 +101,18 @@ def test_the_onnx_file_and_the_record_say_how_to_read_the_output(exported):
     assert steps.index("apply_modality_lut") < steps.index("apply_voi_lut") < steps.index("MONOCHROME1")
     assert record["resize"]["resample"] == "BOX" and "Resampling.BOX" in record["resize"]["call"]
     assert record["mask_resize"] is None  # raw input: no mask
+    # the operating point chosen on validation and stored in the checkpoint (covidseg.checkpoints)
+    point = operating_point(read_checkpoint(record["source"]["checkpoint"], "the exported run's"))
+    assert (
+        record["output"]["threshold"] == point["threshold"]
+        and record["output"]["threshold_rule"] == point["rule"]
+    )
     assert record["thresholds"] == [
         {
             "where": "output: the decision",
-            "value": 0.5,
+            "value": point["threshold"],
             "comparison": ">",
-            "rule": "covid where p(covid) > 0.5 (strictly greater)",
+            "rule": f"covid where p(covid) > {point['threshold']} (strictly greater)",
         }
     ]
 
