@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from covidseg.stats.bootstrap import check_predictions, prob_columns, resample_patients
+from covidseg.stats.bootstrap import resample_patients
+from covidseg.stats.predictions import check_predictions, prob_columns
 from covidseg.stats.seeds import check_confidence
 
 GRID = np.linspace(0.0, 1.0, 101)

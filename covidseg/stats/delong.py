@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from covidseg.stats.bootstrap import align, prob_columns
+from covidseg.stats.predictions import align, prob_columns
 from covidseg.stats.seeds import ArrayLike, check_confidence
 
 
