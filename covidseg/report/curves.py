@@ -147,11 +147,11 @@ def plot_calibration(
             )
             ax.set_aspect("equal")
             ax.set_title(f"{backbone} {input_}", fontsize=9)
-            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: off the points
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: off the points
     fig.suptitle(
         "Reliability: observed share per probability bin, marker area ∝ images (dotted: perfect)", fontsize=8
     )
     fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png", dpi=100)
+    fig.savefig(out_dir / "calibration.png", dpi=100, bbox_inches="tight")  # the legends below the axes
     plt.close(fig)
     return "calibration.png"

@@ -447,7 +447,9 @@ def test_a_sweep_over_image_sizes_pairs_raw_and_segmented_at_each_size(tmp_path)
     paired = models_in(text, "### Compared − raw")
     assert {m for m, _ in paired} == {"resnet18 · 64 px", "resnet18 · 128 px"}
     assert {i for _, i in paired} == {"segmented"} and "Not paired" not in text
-    assert (sweep / "curves_resnet18_64_px.png").is_file() and (sweep / "curves_resnet18_128_px.png").is_file()
+    assert (sweep / "curves_resnet18_64_px.png").is_file() and (
+        sweep / "curves_resnet18_128_px.png"
+    ).is_file()
 
 
 def test_jobs_with_one_image_size_and_epochs_keep_plain_backbone_names(tmp_path):
