@@ -22,9 +22,9 @@ def _cells(folds: int | None, seeds: int, n_boot: int) -> str:
         f"brackets a 95 % patient-bootstrap interval: whole patients resampled ({n_boot} resamples, one draw "
         "for tables of the same patients), each table's metric recomputed and averaged, percentile interval; "
         "resamples where a metric is undefined are left out. It covers which patients were drawn, the ± std "
-        "covers retraining. A model with one prediction table (one run) shows accuracy, precision, recall "
-        "and specificity as k/n with a Wilson score interval on the images instead, which keeps its "
-        "coverage on small sets and at 0 or 1."
+        "covers retraining. A model with one prediction table (one run, or one seed's pooled folds) shows "
+        "accuracy, precision, recall and specificity as k/n with a Wilson score interval on the images "
+        "instead, which keeps its coverage on small sets and at 0 or 1."
     )
 
 

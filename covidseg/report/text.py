@@ -77,7 +77,9 @@ def _question(jobs: pd.DataFrame, classes: list[str]) -> str:
         "segmented": "masking the image to the predicted lungs (segmented)",
         "lungs_removed": ("blacking out the lungs (lungs_removed, the shortcut control)"),
     }
-    compared = " and ".join(what[i] for i in others) or "another input"
+    if not others:
+        return f"none: every job of this sweep saw {', '.join(sorted(inputs))} input, so nothing is compared."
+    compared = " and ".join(what[i] for i in others)
     return (
         f"does {compared} change how well the classifier separates {classes[-1]} from "
         f"{' and '.join(classes[:-1])}, compared with the raw image, on the internal test set and on data "

@@ -13,11 +13,12 @@ from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
 from covidseg.masks.area import format_p
+from covidseg.report import build_report
 from covidseg.report.collect import collect_jobs
 from covidseg.stats.binary import proportion_counts, wilson_interval
 from covidseg.stats.delong import delong_pooled_difference
 from tests.report.conftest import MODELS, THRESHOLD
-from tests.report.test_report import seed_sweep, table_rows
+from tests.report.test_report import dataset, seed_sweep, table_rows, write_job
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,13 @@ def test_jobs_of_different_classes_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"different classes .*'pneumonia', 'covid'\] in jobs \['5'\]"):
         collect_jobs(sweep)
     assert json.loads((sweep / "5" / "metrics.json").read_text())  # nothing was touched
+
+
+def test_a_sweep_of_raw_jobs_only_says_it_compares_nothing(tmp_path):
+    for seed in range(2):
+        write_job(tmp_path / "sweep", seed, "resnet18", "raw", seed, dataset().iloc[: 30 + seed])
+    text = build_report(tmp_path / "sweep", n_boot=20).read_text()
+    summary = section(text, "## Summary")
+    assert "**Question:** none: every job of this sweep saw raw input" in summary
+    assert "_Nothing to compare" in summary and "No shortcut control" in summary
+    assert "p (bootstrap)" not in text and (tmp_path / "sweep" / "model_cards" / "resnet18_raw.md").is_file()
