@@ -55,7 +55,7 @@ class AreaByClass:
         return (
             f"The lung masks of '{self.positive}' images are {100 * self.relative_difference:.0f} % smaller "
             f"than the other classes' (median lung-area fraction {self.median(self.positive):.3f} vs "
-            f"{self.others_median:.3f}, Mann-Whitney p = {_p(self.p_value)}): the segmenter likely leaves "
+            f"{self.others_median:.3f}, Mann-Whitney {p_clause(self.p_value)}): the segmenter likely leaves "
             "opaque or consolidated lung outside its mask, so segmented input loses part of the finding. "
             "Check masks_overview.png, and train the segmenter on diseased lungs too (docs: Stage 1)."
         )
@@ -113,5 +113,16 @@ def markdown_table(summary: AreaByClass) -> str:
     return "\n".join(lines)
 
 
-def _p(value: float) -> str:
+def format_p(value: float) -> str:
+    """A p value as a reader expects it: three decimals, "< 0.001" below that, "–" without one (nan)."""
+    if np.isnan(value):
+        return "–"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def p_clause(value: float) -> str:
+    """ "p = 0.012", "p < 0.001" or "p n/a (too few images)" for a sentence."""
+    if np.isnan(value):
+        return "p n/a (too few images)"
+    text = format_p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"

@@ -6,8 +6,8 @@ A training run (covidseg-train) writes, in its folder (hydra.run.dir, or <sweep>
 predictions_<external set>.csv, LUNG_ENERGY, CAM_GALLERY, MASK_STATS and MASKS_OVERVIEW (segmented input),
 CURVES (csv logger) and FAILED when a job of a sweep failed. A segmenter run writes METRICS, OVERLAYS and
 SEGMENTATION_SCORES; covidseg-predict writes PREDICTIONS (and PATIENT_PREDICTIONS with aggregate=patient);
-covidseg-export writes PREPROCESSING beside its networks; covidseg-report writes REPORT
-and RESULTS in the sweep folder.
+covidseg-export writes PREPROCESSING beside its networks; covidseg-report writes REPORT, REPORT_HTML,
+RESULTS, SUMMARY, COMPARISONS and MODEL_CARDS/<model>_<input>.md in the sweep folder.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ OVERLAYS = "overlays.png"
 SEGMENTATION_SCORES = "segmentation_scores.csv"
 PREPROCESSING = "preprocessing.json"
 REPORT = "report.md"
-RESULTS = "results.csv"
+REPORT_HTML = "report.html"  # report.md with its figures inlined: one file to share
+RESULTS = "results.csv"  # one row per job
+SUMMARY = "summary.csv"  # one row per test set, model and metric: every cell of the report's metric tables
+COMPARISONS = "comparisons.csv"  # one row per test set, model, compared input and metric: tests and intervals
+MODEL_CARDS = "model_cards"
 
 
 def predictions_file(external: str | None = None) -> str:

@@ -1,15 +1,16 @@
 """covidseg-report <multirun dir>: the raw-vs-segmented comparison of a sweep, with honest statistics.
 
-build_report writes report.md (the internal test split, pooled over folds with data.folds, then every
-external set) and results.csv, logged to the sweep's W&B group; a segmenter sweep gets report.segmenter's."""
+build_report writes report.md (a summary first, then the internal test split, pooled over folds with
+data.folds, every external set, calibration and the operating point, and the Methods once at the end),
+report.html (the same, figures inlined), results.csv (one row per job), summary.csv and comparisons.csv
+(every number of the tables) and a model card per model, logged to the sweep's W&B group; a segmenter sweep
+gets report.segmenter's."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,59 +18,23 @@ from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
 from covidseg.outputs import layout, write_csv
-from covidseg.report.collect import (
-    REPORT_FIX,
-    collect_jobs,
-    compared_groups,
-    external_sets,
-    finished,
-    uses_folds,
-)
-from covidseg.report.comparisons import (
-    markdown_bootstrap,
-    markdown_paired,
-    paired_bootstrap,
-    paired_runs,
-    unpaired_models,
-)
+from covidseg.report.calibration import calibration_table, operating_point_table
+from covidseg.report.collect import REPORT_FIX, collect_jobs, compared_groups, external_sets, finished
+from covidseg.report.comparisons import paired_bootstrap, paired_runs
+from covidseg.report.curves import figure_name, plot_calibration, plot_roc_pr
 from covidseg.report.figures import plot_cam_gallery, plot_confusions, plot_curves, plot_external_auroc
+from covidseg.report.html import write_html
 from covidseg.report.jobs import job_lung_energy
-from covidseg.report.pooling import TestSet, external_tables, internal_tables, pooled_summary
-from covidseg.report.sections import (
-    bootstrap_note,
-    comparison_heading,
-    external_interval_note,
-    external_intro,
-    failed_jobs,
-    internal_interval_note,
-    internal_metrics_heading,
-    mask_area_section,
-    paired_t_note,
-    source_note,
-    sweep_mask_area,
-    training_settings,
-    unpaired_note,
-)
+from covidseg.report.model_card import write_model_cards
+from covidseg.report.pooling import TestSet, external_tables, internal_tables
+from covidseg.report.sections import sweep_mask_area
 from covidseg.report.segmenter import build_segmenter_report, is_segmenter_sweep
-from covidseg.report.tables import is_binary, markdown_splits, markdown_summary, source_table, summary_table
+from covidseg.report.summary import findings
+from covidseg.report.tables import metric_prefix, source_table, summary_records, summary_table
+from covidseg.report.text import ReportContent, TestSetReport, report_text
 from covidseg.runs.job import FAILED_FILE
 
 log = logging.getLogger("covidseg.report")
-
-
-@dataclass
-class TestSetReport:
-    """What the report shows for one test set: the models' tables, the summary and the comparisons."""
-
-    test_sets: dict[tuple[str, str], TestSet]
-    summary: pd.DataFrame
-    across: pd.DataFrame
-    boot: pd.DataFrame
-    sources: str | None = None
-
-    def auroc_cells(self, column: str) -> dict[tuple[str, str], dict]:
-        """The summary's AUROC cell of `column` per (backbone, input), for the external AUROC figure."""
-        return {(r["backbone"], r["input"]): r[column] for _, r in self.summary.iterrows()}
 
 
 def build_report(
@@ -80,14 +45,15 @@ def build_report(
     cache_dir: str | None = None,
     worst_images: int = 8,
 ) -> Path:
-    """Read every job of a sweep and write report.md, results.csv and the figures into the sweep folder;
-    a sweep of covidseg-train-segmenter gets the segmenter report (report.segmenter) instead.
+    """Read every job of a sweep and write report.md, report.html, results.csv, summary.csv,
+    comparisons.csv, the model cards and the figures into the sweep folder; a sweep of
+    covidseg-train-segmenter gets the segmenter report (report.segmenter) instead.
 
     Args:
         sweep_dir: the folder of a `covidseg-train -m` sweep.
         cam_images: test images per model in cam_gallery.png.
         energy_images: test images per job for the lung energy.
-        n_boot: bootstrap resamples of the confidence intervals and paired comparisons.
+        n_boot: bootstrap resamples of the confidence intervals, comparisons and curve bands.
         cache_dir: the image cache for CAMs (or worst cases) computed here; None: each job's data.cache_dir.
         worst_images: test images per population in a segmenter report's worst-case galleries.
 
@@ -95,7 +61,7 @@ def build_report(
         The path of report.md.
 
     Raises:
-        UserError: `sweep_dir` does not exist, or no job of it finished.
+        UserError: `sweep_dir` does not exist, no job of it finished, or its jobs have different classes.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -128,17 +94,25 @@ def build_report(
             log.warning(
                 "External set %s: no job wrote predictions_%s.csv; left out of the report", name, name
             )
-    figures = plot_curves(jobs, sweep_dir)
-    plot_confusions(jobs, sweep_dir)
-    figures.append("confusion.png")
-    if plot_cam_gallery(jobs, sweep_dir, cam_images, cache_dir):
-        figures.append("cam_gallery.png")
-    if external:
-        cells = {"internal test": internal.auroc_cells("test/auroc")}
-        cells.update({name: r.auroc_cells(f"external/{name}/auroc") for name, r in external.items()})
-        figures.append(plot_external_auroc(cells, sweep_dir))
-    text = _report_text(sweep_dir, jobs, internal, external, figures, energy_images, n_boot)
-    (sweep_dir / layout.REPORT).write_text(text)
+    reports = [internal, *external.values()]
+    ok = finished(jobs)
+    classes = list(OmegaConf.load(Path(ok.iloc[0]["dir"]) / layout.HYDRA_CONFIG).data.classes)
+    figures = _figures(jobs, sweep_dir, reports, classes[-1], cam_images, cache_dir, n_boot)
+    mask_area = sweep_mask_area(ok, classes[-1])
+    sets = [(r.label, metric_prefix(r.name), r.test_sets) for r in reports]
+    calibration, calibration_rows = calibration_table(sets, jobs, n_boot)
+    operating_point, rules = operating_point_table(sets, jobs)
+    failed = int((~ok_mask).sum())
+    found = findings([r.set_result() for r in reports], classes, mask_area, failed, bool(operating_point))
+    cards = write_model_cards(jobs, list(external), found, sweep_dir, n_boot)
+    content = ReportContent(
+        internal, external, figures, found, calibration, operating_point, rules, mask_area, cards
+    )
+    (sweep_dir / layout.REPORT).write_text(report_text(sweep_dir, jobs, content, energy_images, n_boot))
+    _write_tables(sweep_dir, reports, calibration_rows)
+    write_html(
+        sweep_dir / layout.REPORT, sweep_dir / layout.REPORT_HTML, f"covidseg report: {sweep_dir.name}"
+    )
     _log_to_wandb(sweep_dir, jobs, figures)
     return sweep_dir / layout.REPORT
 
@@ -148,6 +122,7 @@ def _test_set_report(
 ) -> TestSetReport:
     test_sets = {g: s for g, s in test_sets.items() if s.tables}
     return TestSetReport(
+        name,
         test_sets,
         summary_table(jobs, test_sets, n_boot, name),
         paired_runs(jobs, name),
@@ -156,129 +131,75 @@ def _test_set_report(
     )
 
 
-def _comparison(
-    result: TestSetReport, folds: bool, external: bool, n_boot: int, unpaired: list[str]
-) -> list[str]:
-    # What was paired: jobs (seed x fold) for the t-test; for the bootstrap, pooled seeds internally.
-    t_unit, boot_unit = "Runs" if folds else "Seeds", "Runs" if folds and external else "Seeds"
-    if not len(result.across):
-        none = "_No model has both raw and segmented (or lungs_removed) runs._"
-        return [none, "", *unpaired_note(unpaired)]
-    return [
-        *unpaired_note(unpaired),
-        paired_t_note(folds, external),
-        markdown_paired(result.across, t_unit),
-        "",
-        bootstrap_note(folds, external, n_boot),
-        markdown_bootstrap(result.boot, boot_unit) if len(result.boot) else "_None._",
-        "",
-    ]
-
-
-def _report_text(
-    sweep_dir: Path,
+def _figures(
     jobs: pd.DataFrame,
-    internal: TestSetReport,
-    external: dict[str, TestSetReport],
-    figures: list[str],
-    energy_images: int,
+    sweep_dir: Path,
+    reports: list[TestSetReport],
+    positive: str,
+    cam_images: int,
+    cache_dir: str | None,
     n_boot: int,
-) -> str:
-    ok = finished(jobs)
-    failed = jobs[jobs["status"] != "ok"]
-    first = ok.iloc[0]
-    settings = OmegaConf.load(Path(first["dir"]) / ".hydra" / "config.yaml")
-    folds = int(ok["folds"].max()) if uses_folds(jobs) else None
-    binary = is_binary(next(iter(internal.test_sets.values())))
-    unpaired = unpaired_models(jobs)
-    split = (
-        f"patient-level {folds}-fold cross-validation (data.folds={folds}; each job tests one fold)"
-        if folds
-        else f"patient-level split {dict(settings.data.split_ratios)}"
-    )
-    mask_area = sweep_mask_area(ok, settings.data.classes[-1])
-    parts = [
-        "# covidseg comparison: raw vs lung-segmented input\n",
-        f"Sweep `{sweep_dir}`: {len(jobs)} job(s), {len(ok)} finished, {len(failed)} failed. "
-        f"Classes {settings.data.classes} (positive: {settings.data.classes[-1]}), "
-        f"{training_settings(jobs)}, {split}. "
-        + (f"External test sets: {', '.join(f'`{n}`' for n in external)}. " if external else "")
-        + f"Reproduce with `covidseg-report {sweep_dir}`.\n",
-    ]
-    if folds:
-        parts += [
-            "## Pooled out-of-fold test set\n",
-            f"The test predictions of the {folds} folds of one backbone × input × seed are pooled, so every "
-            "image is tested once, by the model that did not see it in training:\n",
-            *pooled_summary(internal.test_sets),
-            "",
-        ]
-    if mask_area is not None and mask_area.warning():
-        parts += [f"> **Warning: the masks may remove the finding.** {mask_area.warning()}\n"]
-    parts += [
-        internal_metrics_heading(bool(folds)),
-        internal_interval_note(internal.summary, folds, n_boot, binary),
-        "Lung energy (mean ± std over runs, no interval): mean share of the Grad-CAM mass (for the "
-        f"predicted class) inside the predicted lung mask, over up to {energy_images} test images per model "
-        "(1.0 = the model looks only at the lungs; an all-zero CAM has no share and is left out). "
-        + (
-            f"For reference, the lung masks cover {jobs['lung_area'].mean():.3f} of these images "
-            "on average: a CAM spread evenly over the image would score that.\n"
-            if "lung_area" in jobs
-            else "\n"
-        ),
-        markdown_summary(internal.summary),
-        "",
-        comparison_heading(bool(folds), set(ok["input"])),
-        *_comparison(internal, bool(folds), False, n_boot, unpaired),
-    ]
-    for name, result in external.items():
-        parts += [
-            f"## External test set `{name}`\n",
-            external_intro(name, result.test_sets, _external_folder(ok, name), bool(folds)),
-            external_interval_note(n_boot, binary),
-            markdown_summary(result.summary, name),
-            "",
-            f"### Segmented − raw on `{name}`\n",
-            *_comparison(result, bool(folds), True, n_boot, unpaired),
-        ]
-        if result.sources:
-            parts += [f"### Per source on `{name}`\n", source_note(n_boot), result.sources, ""]
-    if external:
-        parts += ["## Internal vs external AUROC\n", "![external auroc](external_auroc.png)", ""]
-    if mask_area is not None:
-        parts += mask_area_section(mask_area)
-    parts += [
-        "## Split sizes (images and patients)\n",
-        markdown_splits(jobs),
-        "",
-        "## Training curves (mean over runs, band ±1 std)\n",
-        *[f"![{name}]({name})" for name in figures if name.startswith("curves")],
-        "",
-        "## Confusion matrices (best run by F1)\n",
-        "![confusion](confusion.png)",
-        "",
-        "## Grad-CAM / Grad-CAM++ gallery\n",
-        "Each row: a test image, its predicted lung mask, then for every backbone the raw and the segmented "
-        "model's heat maps for the positive class over the image that model saw.\n",
-        "![cam gallery](cam_gallery.png)"
-        if "cam_gallery.png" in figures
-        else "_No gallery: no model could be reloaded (see the warnings of covidseg-report)._",
-        "",
-    ]
-    if len(failed):
-        parts += failed_jobs(failed)
-    return "\n".join(parts) + "\n"
+) -> list[str]:
+    """Every figure of the report; each test set's ROC / PR figure is also kept on its TestSetReport."""
+    figures = plot_curves(jobs, sweep_dir)
+    plot_confusions(jobs, sweep_dir)
+    figures.append("confusion.png")
+    if plot_cam_gallery(jobs, sweep_dir, cam_images, cache_dir):
+        figures.append("cam_gallery.png")
+    for report in reports:
+        report.roc_pr = plot_roc_pr(
+            report.test_sets, report.label, sweep_dir, figure_name("roc_pr", report.name), n_boot
+        )
+        figures += [report.roc_pr] if report.roc_pr else []
+    calibration = plot_calibration({r.label: r.test_sets for r in reports}, positive, sweep_dir)
+    figures += [calibration] if calibration else []
+    if len(reports) > 1:
+        cells = {r.label: r.auroc_cells(metric_prefix(r.name) + "auroc") for r in reports}
+        figures.append(plot_external_auroc(cells, sweep_dir))
+    return figures
 
 
-def _external_folder(ok: pd.DataFrame, name: str) -> str | None:
-    """The folder of external set `name`, as the first job that evaluated it recorded (external_sets)."""
-    for job_dir in ok["dir"]:
-        path = Path(job_dir) / layout.METRICS
-        folder = json.loads(path.read_text()).get("external_sets", {}).get(name)
-        if folder:
-            return str(folder)
-    return None
+# comparisons.csv's columns: the paired patient bootstrap (and DeLong), then the paired t-test over runs.
+_BOOT_COLUMNS = {
+    "metric_a": "raw",
+    "metric_b": "compared",
+    "observed": "difference",
+    "p_value": "p_bootstrap",
+    "n_pairs": "paired_tables",
+}
+_T_COLUMNS = {
+    "n": "t_runs",
+    "mean_a": "t_raw",
+    "mean_b": "t_compared",
+    "mean_diff": "t_difference",
+    "std_diff": "t_std",
+    "ci_low": "t_ci_low",
+    "ci_high": "t_ci_high",
+    "p_value": "p_t",
+}
+
+
+def _write_tables(sweep_dir: Path, reports: list[TestSetReport], calibration_rows: list[dict]) -> None:
+    """summary.csv (every cell of the metric and calibration tables) and comparisons.csv (every paired
+    comparison: bootstrap, DeLong and, over runs, the t-test)."""
+    cells = [row for r in reports for row in summary_records(r.summary, r.label)] + calibration_rows
+    write_csv(pd.DataFrame(cells), sweep_dir / layout.SUMMARY, REPORT_FIX)
+    frames = []
+    for r in reports:
+        boot = r.boot.drop(columns=["n_images", "n_patients"], errors="ignore").rename(columns=_BOOT_COLUMNS)
+        across = r.across.drop(columns=["differences"], errors="ignore").rename(columns=_T_COLUMNS)
+        keys = ["backbone", "input", "metric"]
+        if len(boot) and len(across):  # the bootstrap's rows in order, then those over runs only
+            merged = boot.merge(across, on=keys, how="left")
+            only_runs = ~across.set_index(keys).index.isin(boot.set_index(keys).index)
+            merged = pd.concat([merged, across[only_runs]], ignore_index=True)
+        else:
+            merged = boot if len(boot) else across
+        frames.append(merged.assign(test_set=r.label))
+    table = pd.concat(frames, ignore_index=True)
+    if len(table):
+        table = table[["test_set", *[c for c in table.columns if c != "test_set"]]]
+    write_csv(table, sweep_dir / layout.COMPARISONS, REPORT_FIX)
 
 
 def _log_to_wandb(sweep_dir: Path, jobs: pd.DataFrame, figures: list[str]) -> None:

@@ -52,11 +52,17 @@ def job_outcome(job: Path) -> dict[str, Any]:
 
 
 def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job folder (a folder with .hydra/config.yaml): its settings, status and metrics."""
-    rows = []
+    """One row per job folder (a folder with .hydra/config.yaml): its settings, status and metrics.
+
+    Raises:
+        UserError: the jobs were trained on different classes, or two jobs are the same model, input, seed
+            and fold.
+    """
+    rows, classes = [], {}
     for config_file in job_configs(sweep_dir):
         job = config_file.parents[1]
         cfg = OmegaConf.load(config_file)
+        classes.setdefault(tuple(cfg.data.classes), []).append(job.name)
         row: dict[str, Any] = {
             "job": job.name,
             "dir": str(job),
@@ -76,6 +82,13 @@ def collect_jobs(sweep_dir: Path) -> pd.DataFrame:
             folds=int(folds) if folds else None, fold=int(cfg.data.get("fold") or 0) if folds else None
         )
         rows.append(row)
+    if len(classes) > 1:
+        listed = "; ".join(f"{list(c)} in jobs {names}" for c, names in classes.items())
+        raise UserError(
+            f"{sweep_dir}: the jobs were trained on different classes ({listed}); a report compares models "
+            "of "
+            "one task. Report each task's jobs from a folder of their own."
+        )
     jobs = pd.DataFrame(rows)
     jobs["folds"], jobs["fold"] = jobs["folds"].astype("Int64"), jobs["fold"].astype("Int64")
     jobs.insert(jobs.columns.get_loc("backbone") + 1, "model", model_names(jobs))

@@ -1,14 +1,18 @@
 """Does segmentation help? Every other input against raw for the same model, paired twice: over runs
 (a paired t-test over the jobs that share a seed, and with folds a fold: the same split and
-initialisation) and over test patients (a paired patient bootstrap pooled over the runs' predictions).
+initialisation) and over test patients (a paired patient bootstrap pooled over the runs' predictions,
+with DeLong's test beside it for AUROC).
 A model is a backbone at one image size and number of epochs (collect.model_names): jobs trained at other
 settings are not paired, and unpaired_models names them."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from covidseg.errors import UserError
+from covidseg.masks.area import format_p
 from covidseg.models.metrics import DISPLAY_NAMES, METRIC_NAMES
 from covidseg.report.collect import differing_settings, finished, run_key, select_jobs
 from covidseg.report.pooling import TestSet
@@ -22,6 +26,7 @@ from covidseg.report.tables import (
     metric_prefix,
 )
 from covidseg.stats import bootstrap_pooled_difference, paired_difference
+from covidseg.stats.delong import delong_pooled_difference
 
 # The inputs compared against raw, in report order.
 COMPARED_INPUTS = ("segmented", "lungs_removed")
@@ -72,8 +77,8 @@ def unpaired_models(jobs: pd.DataFrame) -> list[str]:
 
 def paired_bootstrap(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> pd.DataFrame:
     """Per backbone and compared input: the paired patient bootstrap of each metric, pooled over the
-    tables (seeds, or runs of an external set) that both inputs have. Binary tasks: every metric; more
-    classes: accuracy."""
+    tables (seeds, or runs of an external set) that both inputs have, and for AUROC DeLong's test of the same
+    pooled difference (``p_delong``). Binary tasks: every metric; more classes: accuracy."""
     rows = []
     for backbone in dict.fromkeys(b for b, _ in test_sets):
         raw = test_sets.get((backbone, "raw"))
@@ -95,6 +100,8 @@ def paired_bootstrap(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> 
                         f"{backbone}: raw jobs {jobs_a} and {input_} jobs {jobs_b} share seeds (and folds) "
                         f"but not their test images, so they cannot be paired: {err}"
                     ) from None
+                if metric == "auroc":
+                    result["p_delong"] = _delong_p(pairs)
                 rows.append(
                     {
                         "backbone": backbone,
@@ -107,40 +114,57 @@ def paired_bootstrap(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> 
     return pd.DataFrame(rows)
 
 
-def _difference_table(
-    frame: pd.DataFrame,
-    count: tuple[str, str],
-    values: tuple[str, str, str],
-    labels: tuple[str, str, str],
-    extra: tuple[str, str] | None = None,
-) -> str:
-    """Backbone, compared input, metric, a count (header, column), raw, compared, the difference, its
-    interval, a p value and an optional last (header, column)."""
-    header = ["Backbone", "Compared input", "Metric", count[0], "Raw", "Compared", *labels]
-    rows = [
-        [
-            r["backbone"],
-            r["input"],
-            r["metric"],
-            r[count[1]],
-            *(fmt(r[c]) for c in values),
-            f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
-            fmt(r["p_value"]),
-            *([r[extra[1]]] if extra else []),
-        ]
-        for _, r in frame.iterrows()
-    ]
-    return markdown_table(header + ([extra[0]] if extra else []), rows)
+def _delong_p(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> float:
+    """DeLong's p of the pooled AUROC difference; nan where a test set has fewer than two images of a
+    class (DeLong's variance needs two)."""
+    try:
+        return delong_pooled_difference(pairs)["p_value"]
+    except ValueError:
+        return math.nan
 
 
-def markdown_paired(across: pd.DataFrame, unit: str) -> str:
-    """The paired t-test table; `unit` names what was paired (Seeds, or Runs: seed x fold)."""
-    labels = ("Δ (compared − raw)", "95 % t-interval", "p (paired t)")
-    return _difference_table(across, (unit, "n"), ("mean_a", "mean_b", "mean_diff"), labels)
+def comparison_table(boot: pd.DataFrame, across: pd.DataFrame) -> tuple[str, list[str]]:
+    """One Markdown table of the comparisons of a test set: per backbone, compared input and metric, the
+    paired patient bootstrap (raw, compared, Δ, interval, p), DeLong's p for AUROC and, where two or more
+    runs are paired, the paired t-test's interval and p over runs.
+
+    Args:
+        boot: paired_bootstrap's rows.
+        across: paired_runs' rows (paired_difference per metric).
+
+    Returns:
+        The table ("" without rows) and the names of metrics left out because no resample defined them
+        (e.g. precision of a model that calls nothing positive).
+    """
+    t_rows = {(r["backbone"], r["input"], r["metric"]): r for _, r in across.iterrows() if r["n"] >= 2}
+    with_t = bool(t_rows)
+    header = ["Backbone", "Compared input", "Metric", "Raw", "Compared", "Δ", "95 % CI (patients)"]
+    header += ["p (bootstrap)", "p (DeLong)", *(["95 % t-interval (runs)", "p (paired t)"] if with_t else [])]
+    rows, undefined = [], []
+    keys = [(r["backbone"], r["input"], r["metric"]) for _, r in boot.iterrows()] if len(boot) else []
+    boot_rows = dict(zip(keys, (r for _, r in boot.iterrows())))
+    keys += [k for k in t_rows if k not in boot_rows]  # lung energy: over runs only
+    for key in keys:
+        b, t = boot_rows.get(key), t_rows.get(key)
+        if b is not None and not b["n_valid"]:  # e.g. precision of a model that never calls a positive
+            undefined.append(key[2])
+            continue
+        if b is not None:
+            delong = b.get("p_delong", math.nan)
+            cells = [fmt(b["metric_a"]), fmt(b["metric_b"]), _signed(b["observed"])]
+            cells += [f"[{_signed(b['ci_low'])}, {_signed(b['ci_high'])}]", format_p(b["p_value"])]
+            cells.append("" if pd.isna(delong) else format_p(delong))
+        else:  # lung energy: over runs only
+            cells = [fmt(t["mean_a"]), fmt(t["mean_b"]), _signed(t["mean_diff"]), "", "", ""]
+        if with_t and t is not None:
+            cells += [f"[{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]", format_p(t["p_value"])]
+        elif with_t:
+            cells += ["", ""]
+        rows.append([*key, *cells])
+    return (markdown_table(header, rows) if rows else ""), list(dict.fromkeys(undefined))
 
 
-def markdown_bootstrap(boot: pd.DataFrame, unit: str) -> str:
-    """The pooled paired patient-bootstrap table; `unit` names the pooled tables (Seeds, or Runs)."""
-    labels = ("Δ", "95 % CI (patients)", "p (bootstrap)")
-    values = ("metric_a", "metric_b", "observed")
-    return _difference_table(boot, (unit, "n_pairs"), values, labels, ("Patients", "patients"))
+def _signed(x: float) -> str:
+    """A difference with its sign (+0.012, −0.094)."""
+    text = fmt(x)
+    return text if text == "–" else ("+" + text if x >= 0 else "−" + text[1:])

@@ -1,39 +1,24 @@
-"""The report's words: what every table and interval covers, written from the sweep's own numbers."""
+"""The report's words around its tables, written from the sweep's own numbers (the Methods section, which
+says once what every table and interval covers, is in report.methods)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from covidseg.masks.area import P_VALUE, SMALLER_BY, AreaByClass, area_by_class, markdown_table
+from covidseg.masks.area import P_VALUE, SMALLER_BY, AreaByClass, area_by_class, markdown_table, p_clause
 from covidseg.outputs import layout, read_csv
 from covidseg.report.collect import MODEL_SETTINGS, differing_settings
 from covidseg.report.pooling import TestSet
 
-THRESHOLD_NOTE = (
-    "An image counts as positive when the positive-class probability is above 0.5 "
-    "(`covidseg.models.metrics.predicted_positive`, the rule of the metrics logged during training). "
-    "Resamples in which a metric is undefined (e.g. recall when no covid patient was drawn) are left out "
-    "of its interval; on the full set 0/0 counts as 0, as in the logged metrics."
-)
 
-
-def _counts(summary: pd.DataFrame) -> str:
+def split_counts(summary: pd.DataFrame) -> str:
+    """The images and patients of each model's test set(s), e.g. "40 images, 39 patients"."""
     images, patients = set(summary["images"]), set(summary["patients"])
     if len(images) == 1 and len(patients) == 1:
-        return f"{images.pop()} images, {patients.pop()} patients"
+        return f"{images.pop()} images, {patients.pop()} patients per seed"
     return "images and patients: see Split sizes"
-
-
-def _multiclass_note(binary: bool) -> str:
-    if binary:
-        return ""
-    return (
-        " With more than two classes only accuracy is bootstrapped; the macro-averaged metrics show the "
-        "mean ± std of what each job logged, without an interval."
-    )
 
 
 def training_settings(jobs: pd.DataFrame) -> str:
@@ -65,92 +50,6 @@ def unpaired_note(lines: list[str]) -> list[str]:
     ]
 
 
-def internal_metrics_heading(folds: bool) -> str:
-    """The heading of the internal test metrics; cross-validated sweeps pool the out-of-fold predictions."""
-    if folds:
-        return (
-            "## Test metrics (pooled out-of-fold predictions, ± std over folds, "
-            "[95 % patient-bootstrap interval])\n"
-        )
-    return "## Test metrics (mean ± std over seeds, [95 % patient-bootstrap interval])\n"
-
-
-def internal_interval_note(summary: pd.DataFrame, folds: int | None, n_boot: int, binary: bool) -> str:
-    """What a cell of the internal metrics table means: its mean, ± std and bootstrap interval.
-
-    Args:
-        summary: the internal summary table (its `seeds` column and counts).
-        folds: K of a cross-validated sweep; None for train/val/test splits.
-        n_boot: bootstrap resamples.
-        binary: two classes (otherwise a note on the multiclass AUROC is added).
-    """
-    seeds = int(summary["seeds"].max())
-    if folds:
-        text = (
-            "Each cell: the metric of the pooled out-of-fold predictions "
-            f"({folds} folds, {_counts(summary)}: every image tested once, by the model that did not "
-            "train on it"
-            + (f"; averaged over {seeds} seeds" if seeds > 1 else "")
-            + f") ± the std of the folds' own test metrics ({folds} folds"
-            + (f" × {seeds} seeds" if seeds > 1 else "")
-            + "), and in brackets a 95 % patient-bootstrap interval on the pooled predictions: whole "
-            f"patients resampled with replacement, {n_boot} resamples"
-            + (", one draw shared by the seeds since they tested the same images" if seeds > 1 else "")
-            + ", the pooled metric recomputed; percentile interval."
-        )
-    else:
-        text = (
-            f"Each cell: the metric averaged over {seeds} seed(s) (each seed's model on its own test split; "
-            f"{_counts(summary)} per seed) ± its std over seeds (how much retraining with another seed and "
-            "split moves it), and in brackets a 95 % patient-bootstrap interval: test patients resampled "
-            f"with replacement within each seed's test split (whole patients), {n_boot} resamples, each "
-            "seed's metric recomputed and averaged over seeds; percentile interval."
-        )
-    return (
-        text
-        + " The interval covers which test patients happened to be drawn, given these trained models; the "
-        "± std shows the spread over retraining. " + THRESHOLD_NOTE + _multiclass_note(binary) + "\n"
-    )
-
-
-def comparison_heading(folds: bool, inputs: set[str]) -> str:
-    """The heading of the segmented − raw comparison (and lungs_removed − raw when the sweep has it)."""
-    others = " (and lungs_removed − raw)" if "lungs_removed" in inputs else ""
-    paired = "paired by seed and fold" if folds else "paired by seed"
-    return f"## Does segmentation help? Segmented − raw{others}, {paired}\n"
-
-
-def paired_t_note(folds: bool, external: bool) -> str:
-    """What the paired t-test pairs (seeds, or seed × fold runs) and what its Δ and interval are."""
-    unit = "runs (seed × fold)" if folds else "seeds"
-    what = "on this set" if external else "on their test split"
-    return (
-        f"Paired t-test over {unit}: the raw and the compared job of one seed"
-        + (" and fold" if folds else "")
-        + f" share the patient split and the initialisation. Δ is the mean of the per-run differences of "
-        f"the metric each job logged {what}; the 95 % t-interval is over those runs and, with few of "
-        "them, can be wide.\n"
-    )
-
-
-def bootstrap_note(folds: bool, external: bool, n_boot: int) -> str:
-    """What the pooled paired patient bootstrap resamples and what its interval covers."""
-    if external:
-        pooled = (
-            "every run (seed" + (" and fold" if folds else "") + "; one draw of the set's patients for all)"
-        )
-    elif folds:
-        pooled = "every seed (the pooled out-of-fold predictions of its K folds)"
-    else:
-        pooled = "every seed (its test split)"
-    return (
-        f"Pooled paired patient bootstrap: for {pooled}, the raw and the compared model are scored on the "
-        f"same resampled patients and the difference averaged; {n_boot} resamples, 95 % percentile "
-        "interval, two-sided p = 2 × the smaller share of resampled differences on one side of 0. It covers "
-        "which patients were drawn, not retraining.\n"
-    )
-
-
 def external_intro(
     name: str, test_sets: dict[tuple[str, str], TestSet], folder: str | None, folds: bool
 ) -> str:
@@ -172,28 +71,6 @@ def external_intro(
         f"Every run ({'seed and fold' if folds else 'seed'}) tested its best checkpoint on all "
         f"{len(table)} images{classes} of "
         f"{table['patient_id'].nunique()} patients of `{name}`{where}, a set no training image comes from.\n"
-    )
-
-
-def external_interval_note(n_boot: int, binary: bool) -> str:
-    """What a cell of an external set's metrics table means: mean ± std over runs and bootstrap interval."""
-    return (
-        "Each cell: the metric averaged over the runs ± its std over runs, and in brackets a 95 % "
-        f"patient-bootstrap interval: the set's patients resampled with replacement, {n_boot} resamples, "
-        "one draw shared by all runs (they saw the same images), each run's metric recomputed and averaged; "
-        "percentile interval. It covers the choice of these patients, not retraining. "
-        + THRESHOLD_NOTE
-        + _multiclass_note(binary)
-        + "\n"
-    )
-
-
-def source_note(n_boot: int) -> str:
-    """What the per-source table of an external set shows."""
-    return (
-        "Per `source` of the set's metadata: images, patients and the metric averaged over the runs, with "
-        f"a 95 % patient-bootstrap interval ({n_boot} resamples, patients of that source only). AUROC "
-        "needs both classes within a source (– otherwise).\n"
     )
 
 
@@ -227,16 +104,13 @@ def sweep_mask_area(ok: pd.DataFrame, positive: str) -> AreaByClass | None:
 
 
 def mask_area_section(summary: AreaByClass) -> list[str]:
-    """The report's "Lung mask area per class" section: what it shows, the verdict and the table."""
+    """The report's "Lung mask area per class" section: the verdict in one sentence and the table."""
     rel = summary.relative_difference
     size = f"{100 * rel:.0f} % smaller than" if rel >= 0 else f"{-100 * rel:.0f} % larger than"
-    p = "n/a (too few images)" if math.isnan(summary.p_value) else f"{summary.p_value:.3g}"
     return [
         "## Lung mask area per class\n",
-        "Share of each image the predicted lung mask covers (mask_stats.csv of a masked job; every image of "
-        "the data set). Systematically smaller masks of the positive class mean the segmenter leaves "
-        f"diseased lung outside its mask; here the positive class's median is {size} the others' "
-        f"(Mann-Whitney p = {p}; the report warns from {100 * SMALLER_BY:.0f} % smaller and "
+        f"The positive class's median lung-mask area is {size} the other classes' (Mann-Whitney "
+        f"{p_clause(summary.p_value)}; the report warns from {100 * SMALLER_BY:.0f} % smaller and "
         f"p < {P_VALUE}).\n",
         markdown_table(summary),
         "",

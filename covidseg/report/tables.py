@@ -12,6 +12,7 @@ from covidseg.models.metrics import DISPLAY_NAMES, METRIC_NAMES
 from covidseg.report.collect import compared_groups, finished, select_jobs
 from covidseg.report.pooling import TestSet
 from covidseg.stats import bootstrap_patient_metric, prob_columns
+from covidseg.stats.binary import PROPORTIONS, proportion_counts, wilson_interval
 
 LUNG_ENERGY = ("lung_energy", "Lung energy")
 # Metrics of the per-source breakdown (binary tasks; with more classes accuracy only).
@@ -72,11 +73,28 @@ def metric_cell(runs: pd.DataFrame, test_set: TestSet, metric: str, prefix: str,
     """
     mean, std = _spread(runs, prefix + metric)
     if metric != "acc" and not is_binary(test_set):  # macro metrics of >2 classes: as logged, no interval
-        return {"estimate": mean, "std": std, "ci_low": math.nan, "ci_high": math.nan}
-    boot = bootstrap_patient_metric(list(test_set.tables.values()), metric, n_boot, BOOT_SEED)
+        return {"estimate": mean, "std": std, "ci_low": math.nan, "ci_high": math.nan, "interval": "none"}
+    tables = list(test_set.tables.values())
+    boot = bootstrap_patient_metric(tables, metric, n_boot, BOOT_SEED)
     if math.isnan(std):  # e.g. metrics.json lacks the key: the spread of the tables themselves
         std = boot["std"]
-    return {"estimate": boot["estimate"], "std": std, "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
+    cell = {
+        "estimate": boot["estimate"],
+        "std": std,
+        "ci_low": boot["ci_low"],
+        "ci_high": boot["ci_high"],
+        "interval": "bootstrap",
+        "boot_low": boot["ci_low"],
+        "boot_high": boot["ci_high"],
+    }
+    if len(tables) == 1 and metric in PROPORTIONS and is_binary(test_set):
+        # One run's share of images: a Wilson interval keeps its coverage on a small set and at 0 or 1,
+        # where the percentile bootstrap shrinks to a point.
+        table = tables[0]
+        k, n = proportion_counts(metric, table["target"], table[prob_columns(table)[1]])
+        low, high = wilson_interval(k, n)
+        cell.update(ci_low=low, ci_high=high, interval="wilson", successes=k, trials=n)
+    return cell
 
 
 def summary_table(
@@ -120,13 +138,39 @@ def summary_table(
 
 
 def interval_cell(cell: Any) -> str:
-    """A summary cell as Markdown: "estimate ± std<br>[low, high]", leaving out what is nan; "–" if none."""
+    """A summary cell as Markdown: "estimate ± std<br>[low, high]", leaving out what is nan, with the counts
+    (k/n) of a Wilson interval; "–" if none."""
     if not isinstance(cell, dict) or math.isnan(cell["estimate"]):
         return "–"
     text = fmt(cell["estimate"]) + ("" if math.isnan(cell["std"]) else f" ± {fmt(cell['std'])}")
+    if cell.get("interval") == "wilson":
+        text += f" ({cell['successes']}/{cell['trials']})"
     if not math.isnan(cell["ci_low"]):
         text += f"<br>[{fmt(cell['ci_low'])}, {fmt(cell['ci_high'])}]"
     return text
+
+
+def summary_records(summary: pd.DataFrame, test_set: str) -> list[dict[str, Any]]:
+    """The summary table's cells as flat rows (test set, backbone, input, metric, estimate, std, the
+    interval shown and its kind, the patient-bootstrap interval, Wilson's counts) for summary.csv."""
+    records = []
+    for _, row in summary.iterrows():
+        for column, cell in row.items():
+            if not isinstance(cell, dict):
+                continue
+            records.append(
+                {
+                    "test_set": test_set,
+                    "backbone": row["backbone"],
+                    "input": row["input"],
+                    "metric": str(column).rsplit("/", 1)[-1],
+                    "runs": row["runs"],
+                    **{k: cell.get(k, math.nan) for k in ("estimate", "std", "ci_low", "ci_high")},
+                    "interval": cell.get("interval", "none"),
+                    **{k: cell.get(k, math.nan) for k in ("boot_low", "boot_high", "successes", "trials")},
+                }
+            )
+    return records
 
 
 def markdown_summary(summary: pd.DataFrame, name: str | None = None) -> str:
@@ -152,9 +196,13 @@ def markdown_summary(summary: pd.DataFrame, name: str | None = None) -> str:
 
 def source_table(test_sets: dict[tuple[str, str], TestSet], n_boot: int) -> str | None:
     """Per model and source (the predictions' `source` column): images, patients and the metrics of
-    SOURCE_METRICS (mean over the model's runs, patient-bootstrap interval); None without a source column."""
+    SOURCE_METRICS (mean over the model's runs, patient-bootstrap interval); None without a source column
+    or with a single source."""
     filled = [t for t in test_sets.values() if t.tables]
     if not filled or "source" not in next(iter(filled[0].tables.values())):
+        return None
+    sources = {str(s) for t in filled for table in t.tables.values() for s in table["source"].dropna()}
+    if len(sources) < 2:  # the breakdown would repeat the set's own table
         return None
     metrics = SOURCE_METRICS if is_binary(filled[0]) else ("acc",)
     rows = []

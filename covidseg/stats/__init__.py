@@ -10,6 +10,9 @@ Two sources of uncertainty are reported separately:
   set drawn from the same population. Images of one patient are correlated, so the patient (not the
   image) is the unit that is resampled; several seeds' (or jobs') predictions pool into one interval.
 
+Beside them: DeLong's test for paired AUROCs (``delong``), Wilson intervals for proportions (``binary``),
+ROC / precision-recall curves with patient-bootstrap bands (``curves``) and calibration (``calibration``).
+
 The binary metrics (``binary``) are plain numpy, recomputed from predictions.csv. Positive class =
 index 1 (covid), predicted positive by ``covidseg.models.metrics.predicted_positive`` (``prob > threshold``,
 the rule of the torchmetrics metrics logged during training).
@@ -18,14 +21,12 @@ the rule of the torchmetrics metrics logged during training).
 from covidseg.stats.binary import BINARY_METRICS, accuracy, auroc, f1, precision, recall, specificity
 from covidseg.stats.bootstrap import (
     MetricArg,
-    align,
     bootstrap_patient_difference,
     bootstrap_patient_metric,
     bootstrap_pooled_difference,
-    check_predictions,
-    prob_columns,
     weighted_metric,
 )
+from covidseg.stats.predictions import align, check_predictions, prob_columns
 from covidseg.stats.seeds import ArrayLike, mean_ci, paired_difference
 
 __all__ = [

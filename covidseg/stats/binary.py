@@ -87,6 +87,48 @@ def auroc(targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSIT
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+# The metrics that are a share of images (successes / trials), with what counts as a trial.
+PROPORTIONS = {
+    "acc": lambda tp, fp, fn, tn: (tp + tn, tp + fp + fn + tn),
+    "precision": lambda tp, fp, fn, tn: (tp, tp + fp),
+    "recall": lambda tp, fp, fn, tn: (tp, tp + fn),
+    "specificity": lambda tp, fp, fn, tn: (tn, tn + fp),
+}
+
+
+def proportion_counts(
+    metric: str, targets: ArrayLike, prob_positive: ArrayLike, threshold: float = POSITIVE_THRESHOLD
+) -> tuple[int, int]:
+    """(successes, trials) behind a proportion metric of PROPORTIONS, e.g. recall: (TP, TP + FN).
+
+    Args:
+        metric: acc, precision, recall or specificity.
+        targets: 1 for the positive class, 0 otherwise.
+        prob_positive: the positive-class probability of each image.
+        threshold: the operating point (``predicted_positive``).
+    """
+    if metric not in PROPORTIONS:
+        raise ValueError(f"{metric!r} is not a proportion; use one of {list(PROPORTIONS)}")
+    return PROPORTIONS[metric](*_binary_counts(targets, prob_positive, threshold))
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy's ``binomtest(...).proportion_ci(method="wilson")``),
+    which keeps its coverage on small sets and at 0 % or 100 %, where a percentile bootstrap collapses to a
+    point; (nan, nan) without trials.
+
+    Args:
+        successes: e.g. true positives.
+        trials: e.g. all positives.
+        confidence: the interval's coverage.
+    """
+    if trials == 0:
+        return math.nan, math.nan
+    test = sps.binomtest(int(successes), int(trials))
+    ci = test.proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 # Keyed by covidseg.models.metrics.METRIC_NAMES, the names the classifier logs (test/<name>).
 BINARY_METRICS: dict[str, Callable[..., float]] = {
     "acc": accuracy,

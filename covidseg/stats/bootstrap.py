@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from covidseg.models.metrics import predicted_positive
+from covidseg.stats.binary import PROPORTIONS
+from covidseg.stats.predictions import align, check_predictions, prob_columns
 from covidseg.stats.seeds import check_confidence
 
 MetricArg = str | Callable[[pd.DataFrame], float]
@@ -28,50 +30,6 @@ MetricArg = str | Callable[[pd.DataFrame], float]
 CHUNK = 256
 NAMED_BINARY = ("acc", "precision", "recall", "specificity", "f1", "auroc")
 MEAN_OF = "mean:"  # "mean:<column>": the mean of a per-image score (segmentation_scores.csv's dice, hd95)
-
-
-def prob_columns(frame: pd.DataFrame) -> list[str]:
-    """The prob_<class> columns of a prediction table, in class order."""
-    return [c for c in frame.columns if str(c).startswith("prob_")]
-
-
-def check_predictions(frame: pd.DataFrame, name: str = "predictions") -> None:
-    """A prediction table has path, patient_id (and target with prob_ columns), lists every image once."""
-    required = ("path", "patient_id", *(("target",) if prob_columns(frame) else ()))  # per-image scores: none
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{name} lacks column(s) {missing}; expected path, label, patient_id, target, prob_<class>..."
-        )
-    dup = frame["path"][frame["path"].duplicated()]
-    if len(dup):
-        raise ValueError(f"{name} lists {len(dup)} image(s) more than once, e.g. {dup.iloc[:3].tolist()}")
-
-
-def align(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both frames ordered by path, after checking they describe the very same test images."""
-    check_predictions(pred_a, "pred_a")
-    check_predictions(pred_b, "pred_b")
-    paths_a, paths_b = set(pred_a["path"]), set(pred_b["path"])
-    if paths_a != paths_b:
-        only_a = sorted(paths_a - paths_b)
-        only_b = sorted(paths_b - paths_a)
-        raise ValueError(
-            "The two prediction tables do not list the same test images: "
-            f"{len(only_a)} only in pred_a (e.g. {only_a[:3]}), {len(only_b)} only in pred_b (e.g. "
-            f"{only_b[:3]}). Compare models evaluated on the same test split."
-        )
-    a = pred_a.sort_values("path", kind="stable").reset_index(drop=True)
-    b = pred_b.sort_values("path", kind="stable").reset_index(drop=True)
-    for col in ("target", "patient_id"):
-        if not (a[col].to_numpy() == b[col].to_numpy()).all():
-            bad = a["path"][a[col].to_numpy() != b[col].to_numpy()].iloc[:3].tolist()
-            raise ValueError(f"The two prediction tables disagree on {col!r} for the same images, e.g. {bad}")
-    if prob_columns(a) != prob_columns(b):
-        raise ValueError(
-            f"The two prediction tables have different class columns: {prob_columns(a)} vs {prob_columns(b)}"
-        )
-    return a, b
 
 
 # ------------------------------------------------------------------------------------ weighted metrics
@@ -82,10 +40,7 @@ def _ratio(num: np.ndarray, den: np.ndarray, zero_division: float = math.nan) ->
 
 
 _RATIOS = {  # tp, fp, fn, tn -> (numerator, denominator), as covidseg.stats.binary defines them
-    "acc": lambda tp, fp, fn, tn: (tp + tn, tp + fp + fn + tn),
-    "precision": lambda tp, fp, fn, tn: (tp, tp + fp),
-    "recall": lambda tp, fp, fn, tn: (tp, tp + fn),
-    "specificity": lambda tp, fp, fn, tn: (tn, tn + fp),
+    **PROPORTIONS,
     "f1": lambda tp, fp, fn, tn: (2 * tp, 2 * tp + fp + fn),
 }
 
@@ -164,10 +119,21 @@ def _callable_metric(metric: Callable[[pd.DataFrame], float], frame: pd.DataFram
 # ------------------------------------------------------------------------------------------- resampling
 
 
-def _resample(
+def resample_patients(
     tables: list[pd.DataFrame], statistic: Callable[[list[np.ndarray]], np.ndarray], n_boot: int, seed: int
 ) -> np.ndarray:
-    """The statistic of n_boot patient resamples; it gets one (R x images) weight matrix per table."""
+    """The statistic of n_boot patient resamples (module docstring: tables of the same patients share a draw).
+
+    Args:
+        tables: prediction tables with a patient_id column.
+        statistic: gets one (R x images) weight matrix per table (how often each image was drawn in each of
+            R resamples) and returns R values, or R rows of values (e.g. a curve on a grid).
+        n_boot: resamples.
+        seed: the seed of the draws.
+
+    Returns:
+        n_boot values, or n_boot rows.
+    """
     codes, draw_of, patient_sets = [], [], {}
     for table in tables:
         code, patients = pd.factorize(table["patient_id"], sort=True)
@@ -175,15 +141,15 @@ def _resample(
         draw_of.append(patient_sets.setdefault(tuple(patients), len(patient_sets)))
     sizes = [len(patients) for patients in patient_sets]
     rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
+    values = []
     for first in range(0, n_boot, CHUNK):
         r = min(CHUNK, n_boot - first)
         counts = []
         for n in sizes:  # how often each patient is drawn, one row per resample
             drawn = rng.integers(0, n, size=(r, n)) + n * np.arange(r)[:, None]
             counts.append(np.bincount(drawn.ravel(), minlength=r * n).reshape(r, n).astype(float))
-        values[first : first + r] = statistic([counts[d][:, c] for d, c in zip(draw_of, codes)])
-    return values
+        values.append(np.asarray(statistic([counts[d][:, c] for d, c in zip(draw_of, codes)]), dtype=float))
+    return np.concatenate(values)
 
 
 def _percentile(values: np.ndarray, confidence: float) -> tuple[float, float, np.ndarray]:
@@ -248,7 +214,9 @@ def bootstrap_patient_metric(
         check_predictions(table, f"table {i}")
     values = [_on_all_rows(metric, t) for t in tables]
     scorers = [weighted_metric(metric, t, zero_division=math.nan) for t in tables]
-    boots = _resample(tables, lambda ws: np.mean([s(w) for s, w in zip(scorers, ws)], axis=0), n_boot, seed)
+    boots = resample_patients(
+        tables, lambda ws: np.mean([s(w) for s, w in zip(scorers, ws)], axis=0), n_boot, seed
+    )
     low, high, valid = _percentile(boots, confidence)
     return {
         "estimate": float(np.mean(values)),
@@ -304,7 +272,7 @@ def bootstrap_pooled_difference(
     def difference(ws: list[np.ndarray]) -> np.ndarray:
         return np.mean([sb(w) - sa(w) for (sa, sb), w in zip(scorers, ws)], axis=0)
 
-    boots = _resample([a for a, _ in aligned], difference, n_boot, seed)
+    boots = resample_patients([a for a, _ in aligned], difference, n_boot, seed)
     low, high, valid = _percentile(boots, confidence)
     if valid.size:
         p_value = min(1.0, 2.0 * min(float(np.mean(valid <= 0)), float(np.mean(valid >= 0))))

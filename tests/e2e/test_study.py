@@ -90,7 +90,8 @@ def test_a_sweep_with_failed_jobs_ends_with_a_summary_and_exit_code_1(tiny_sweep
 @pytest.mark.slow
 def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep):
     text = (tiny_sweep / "report.md").read_text()
-    table = text.split("## Test metrics")[1].split("##")[0]
+    assert text.index("## Summary") < text.index("## Internal test set") < text.index("## Methods")
+    table = text.split("## Internal test set")[1].split("##")[0]
     rows = [
         line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Backbone")
     ]
@@ -104,10 +105,12 @@ def test_report_has_one_row_per_backbone_and_input_and_valid_figures(tiny_sweep)
         values = [float(v) for v in re.findall(r"-?\d+\.\d+", "|".join(row.split("|")[4:]))]
         assert values and all(0.0 <= v <= 1.0 for v in values), row
     assert "resnet181" in text.split("## Failed jobs")[1]
-    assert "p (paired t)" in text and "p (bootstrap)" in text
+    # one seed: the paired patient bootstrap and DeLong, no seed-level t-test
+    assert "p (bootstrap)" in text and "p (DeLong)" in text and "p (paired t)" not in text
     # the report went to the sweep's W&B group too (offline here)
     assert len(list((tiny_sweep / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
-    for name in ["curves.png", "curves_test_resnet.png", "confusion.png", "cam_gallery.png"]:
+    assert (tiny_sweep / "curves_test_resnet.png").is_file() and (tiny_sweep / "report.html").is_file()
+    for name in ["curves.png", "confusion.png", "cam_gallery.png", "roc_pr.png", "calibration.png"]:
         assert f"]({name})" in text, name
         with Image.open(tiny_sweep / name) as image:
             image.verify()

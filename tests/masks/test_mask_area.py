@@ -77,7 +77,8 @@ def test_the_report_shows_the_area_per_class_and_warns_first(tmp_path):
             write_csv(stats, job / layout.MASK_STATS)
     text = build_report(sweep, n_boot=200).read_text()
     assert "## Lung mask area per class" in text and "| covid | 40 | 0.2" in text
-    warning = text.index("Warning: the masks may remove the finding")
+    warning = text.index("**Masks may remove the finding:**")
+    assert text.index("## Summary") < warning < text.index("## Internal test set")
     assert warning < text.index("## Lung mask area per class")
     assert warning < text.index("Segmented − raw") if "Segmented − raw" in text else True
 

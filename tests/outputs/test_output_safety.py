@@ -429,8 +429,8 @@ def test_raw_and_segmented_jobs_trained_differently_are_not_paired(tmp_path, seg
     text = build_report(sweep, n_boot=50).read_text()
     raw, other = (f"resnet18 · {m}" for m in models)
     assert header in text
-    assert models_in(text, "## Test metrics") == [(raw, "raw"), (other, "segmented")]
-    comparison = text.split("## Does segmentation help?")[1].split("\n## ")[0]
+    assert models_in(text, "## Internal test set") == [(raw, "raw"), (other, "segmented")]
+    comparison = text.split("### Compared − raw")[1].split("\n## ")[0]
     assert "_No model has both raw and segmented (or lungs_removed) runs._" in comparison
     assert f"- resnet18, segmented − raw: `{raw}` raw, `{other}` segmented" in comparison
     assert "p (paired t)" not in text and "p (bootstrap)" not in text
@@ -444,18 +444,20 @@ def test_a_sweep_over_image_sizes_pairs_raw_and_segmented_at_each_size(tmp_path)
     sweep = settings_sweep(tmp_path / "sweep", jobs)
     assert list(dict.fromkeys(collect_jobs(sweep)["model"])) == ["resnet18 · 64 px", "resnet18 · 128 px"]
     text = build_report(sweep, n_boot=50).read_text()
-    paired = models_in(text, "Paired t-test over seeds")
+    paired = models_in(text, "### Compared − raw")
     assert {m for m, _ in paired} == {"resnet18 · 64 px", "resnet18 · 128 px"}
     assert {i for _, i in paired} == {"segmented"} and "Not paired" not in text
-    assert (sweep / "curves_resnet18_64_px.png").is_file() and "![curves_resnet18_128_px.png]" in text
+    assert (sweep / "curves_resnet18_64_px.png").is_file() and (
+        sweep / "curves_resnet18_128_px.png"
+    ).is_file()
 
 
 def test_jobs_with_one_image_size_and_epochs_keep_plain_backbone_names(tmp_path):
     sweep = settings_sweep(tmp_path / "sweep", [("raw", 64, 2), ("segmented", 64, 2)])
     write_job(sweep, 6, "=HYPERLINK(1)", "raw", 0, None)  # a failed job of a formula-like backbone
     text = build_report(sweep, n_boot=50).read_text()
-    assert "image size 64, 2 epoch(s) max, patient-level split" in text and "the jobs differ" not in text
-    assert models_in(text, "## Test metrics") == [("resnet18", "raw"), ("resnet18", "segmented")]
+    assert "image size 64, 2 epoch(s) max; patient-level" in text and "the jobs differ" not in text
+    assert models_in(text, "## Internal test set") == [("resnet18", "raw"), ("resnet18", "segmented")]
     assert "p (paired t)" in text and "Not paired" not in text
     assert "\n6,6,=" not in (sweep / "results.csv").read_text()
     assert ",'=HYPERLINK(1)," in (sweep / "results.csv").read_text()

@@ -158,15 +158,14 @@ def test_pooled_folds_test_every_image_exactly_once(tmp_path):
     assert sorted(table["path"]) == sorted(dataset()["path"]) and pooled.jobs[0] == ["3", "4", "5"]
     report = build_report(tmp_path / "sweep", n_boot=200).read_text()
     assert "60 images, 45 patients, each tested exactly once" in report
-    assert "## Test metrics (pooled out-of-fold predictions" in report
-    assert "## Does segmentation help? Segmented − raw, paired by seed and fold" in report
-    assert "± the std of the folds' own test metrics (3 folds)" in report and "200 resamples" in report
+    assert "pooled out-of-fold predictions" in report.split("## Methods")[1]
+    assert "± the std of the folds' own test metrics" in report and "200 resamples" in report
     # paired t over the 3 folds; the bootstrap pools the one seed's 45 patients
-    t_rows = table_rows(report, "Paired t-test over runs (seed × fold)")
-    boot_rows = table_rows(report, "Pooled paired patient bootstrap")
-    assert len(t_rows) == len(boot_rows) == len(METRIC_NAMES)
-    assert {r.split("|")[4] for r in t_rows} == {" 3 "} and {r.split("|")[4] for r in boot_rows} == {" 1 "}
-    assert {r.split("|")[-2] for r in boot_rows} == {" 45 "}
+    rows = table_rows(report, "### Compared − raw")
+    assert len(rows) == len(METRIC_NAMES) and all(r.count("[") == 2 for r in rows)  # bootstrap and t
+    compared = pd.read_csv(tmp_path / "sweep" / "comparisons.csv")
+    assert set(compared["t_runs"]) == {3} and set(compared["paired_tables"]) == {1}
+    assert set(compared["patients"].astype(str)) == {"45"}
     # the pooled accuracy is that of the stacked predictions, not a mean over folds
     row = next(line for line in report.splitlines() if line.startswith("| resnet18 | segmented |"))
     pooled_acc = metrics_of(predictions_of(tmp_path / "sweep", [3, 4, 5]))["acc"]
@@ -214,8 +213,8 @@ def test_report_without_folds_or_external_sets(tmp_path):
     sweep = seed_sweep(tmp_path / "sweep", failed=True)
     text = build_report(sweep, n_boot=200).read_text()
     assert "External" not in text and not (sweep / "external_auroc.png").exists()
-    assert "200 resamples" in text and "± its std over seeds" in text
-    rows = table_rows(text, "## Test metrics (mean ± std over seeds, [95 % patient-bootstrap interval])")
+    assert "200 resamples" in text and "± the std over seeds" in text
+    rows = table_rows(text, "## Internal test set")
     assert rows[0].split("|")[1:4] == [" resnet18 ", " raw ", " 3 "] and len(rows) == 4
     for row in rows:
         values = [float(v) for v in re.findall(r"-?\d+\.\d+", "|".join(row.split("|")[4:]))]
@@ -234,6 +233,8 @@ def test_report_without_folds_or_external_sets(tmp_path):
     assert "resnet181" in text.split("## Failed jobs")[1]
     assert "_No gallery" in text and not (sweep / "cam_gallery.png").exists()
     assert results["lung_energy"].isna().all() and len(results) == 13
+    # jobs from before operating points: the report says so once and keeps the 0.5 metrics
+    assert "_No operating point" in text and "Sensitivity" not in text.split("## Calibration")[1]
 
 
 def test_external_set_sections_and_figure(tmp_path):
@@ -251,7 +252,7 @@ def test_external_set_sections_and_figure(tmp_path):
         ("densenet121", "raw"),
         ("densenet121", "segmented"),
     ]
-    assert "### Segmented − raw on `ext`" in section and section.count("p (bootstrap)") == 1
+    assert "### Compared − raw on `ext`" in section and section.count("p (bootstrap)") == 1
     sources = table_rows(section, "### Per source on `ext`")
     assert [r.split("|")[3:6] for r in sources[:2]] == [[" A ", " 12 ", " 6 "], [" B ", " 12 ", " 6 "]]
     assert "![external auroc](external_auroc.png)" in text.split("## Internal vs external AUROC")[1]
@@ -265,9 +266,9 @@ def test_external_set_sections_and_figure(tmp_path):
 def test_external_set_with_folds_pairs_runs(tmp_path):
     sweep = fold_sweep(tmp_path / "sweep", external=True)
     text = build_report(sweep, n_boot=100).read_text()
-    section = text.split("## External test set `ext`")[1].split("\n## ")[0]
-    t_rows = table_rows(section, "Paired t-test over runs (seed × fold)")
-    assert t_rows and all(r.split("|")[4].strip() == "3" for r in t_rows)
+    assert "p (paired t)" in text.split("## External test set `ext`")[1].split("\n## ")[0]
+    compared = pd.read_csv(sweep / "comparisons.csv")
+    assert set(compared.loc[compared["test_set"] == "ext", "t_runs"]) == {3}
 
 
 def test_three_classes_bootstrap_accuracy_only(tmp_path):
@@ -284,11 +285,12 @@ def test_three_classes_bootstrap_accuracy_only(tmp_path):
         metrics["test/acc"] = float(np.mean(probs.argmax(axis=1) == pred["target"]))
         (job / "metrics.json").write_text(json.dumps(metrics))
     text = build_report(sweep, n_boot=50).read_text()
-    row = table_rows(text, "## Test metrics")[0].split("|")
+    row = table_rows(text, "## Internal test set")[0].split("|")
     assert "<br>[" in row[4] and "<br>" not in row[5]  # accuracy has an interval, precision not
     assert "only accuracy is bootstrapped" in text
-    boot = table_rows(text, "Pooled paired patient bootstrap")
-    assert [r.split("|")[3].strip() for r in boot] == ["Accuracy"]
+    compared = pd.read_csv(sweep / "comparisons.csv")
+    assert list(compared.loc[compared["p_bootstrap"].notna(), "metric"]) == ["Accuracy"]
+    assert "## Calibration" not in text and not (sweep / "roc_pr.png").exists()
 
 
 def test_the_report_uses_the_lung_energy_and_cam_arrays_the_jobs_left_without_reloading(tmp_path):
