@@ -26,7 +26,7 @@ from covidseg.data.split import SPLITS
 from covidseg.data.store import ArrayStore
 from covidseg.errors import UserError
 from covidseg.inference.prediction import collect_inputs
-from tests.conftest import make_dataset, run_cli_refused
+from tests.conftest import make_dataset
 from tests.data.dicom_files import write_dicom
 from tests.data.test_bad_inputs import _datamodule, _edit_csv, _warnings, check_refused_or_skipped
 
@@ -357,10 +357,10 @@ def test_a_bad_image_in_a_mask_set_names_its_line_not_a_data_option(tmp_path):
 
 
 # -- as a user sees it -----------------------------------------------------------------------------------
-def test_training_on_a_dicom_with_window_width_0_exits_2_naming_it(tmp_path):
+def test_training_on_a_dicom_with_window_width_0_exits_2_naming_it(tmp_path, cli_refused):
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     _replace(data / "covid" / "5.png", lambda p: write_dicom(p, PIXELS, window=(2000, 0)))
-    run_cli_refused(
+    cli_refused(
         "covidseg-train",
         f"data.root={data}",
         "debug=fast",

@@ -27,7 +27,7 @@ from covidseg.data.split import SPLITS, check_classes_in_splits, split_by_patien
 from covidseg.errors import UserError
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.runs.checks import check_config
-from tests.conftest import make_dataset, run_cli_refused
+from tests.conftest import make_dataset
 
 register_resolvers()
 RATIOS = {"train": 0.7, "test": 0.2, "val": 0.1}
@@ -453,11 +453,11 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
-def test_cli_exits_2_naming_the_problem(tmp_path, case):
+def test_cli_exits_2_naming_the_problem(tmp_path, case, cli_refused):
     breaks, expected = CLI_CASES[case]
     data = make_dataset(tmp_path / "d", {"normal": 20, "covid": 20})
     breaks(data)
-    run_cli_refused(
+    cli_refused(
         "covidseg-train",
         f"data.root={data}",
         "debug=fast",

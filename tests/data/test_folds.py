@@ -13,7 +13,7 @@ from covidseg.data.selection import select_classes
 from covidseg.data.split import assign_folds, check_no_leakage, fold_by_patient
 from covidseg.errors import UserError
 from covidseg.runs.checks import check_config
-from tests.conftest import make_dataset, read_metrics, run_cli, run_cli_refused
+from tests.conftest import make_dataset, read_metrics
 
 RATIOS = {"train": 0.7, "test": 0.2, "val": 0.1}
 
@@ -150,9 +150,9 @@ def test_too_many_folds_for_the_data_stop_setup_naming_the_class(dataset, tmp_pa
         (["data.folds=3", "data.fold=3"], r"data.fold must be an integer in 0..2 with data.folds=3, got 3"),
     ],
 )
-def test_the_cli_stops_before_training_naming_the_option(dataset, tmp_path, overrides, expected):
+def test_the_cli_stops_before_training_naming_the_option(dataset, tmp_path, overrides, expected, cli_refused):
     run = tmp_path / "run"
-    run_cli_refused(
+    cli_refused(
         "covidseg-train",
         f"data.root={dataset}",
         "debug=fast",
@@ -171,9 +171,9 @@ def test_the_record_of_a_cross_validated_run_rebuilds_its_options():
 
 
 @pytest.mark.slow
-def test_a_fold_run_records_its_fold_and_tests_exactly_that_fold(dataset, tmp_path):
+def test_a_fold_run_records_its_fold_and_tests_exactly_that_fold(dataset, tmp_path, cli):
     run = tmp_path / "run"
-    run_cli(
+    cli(
         "covidseg-train",
         f"data.root={dataset}",
         "debug=fast",

@@ -28,7 +28,7 @@ from covidseg.inference.evaluation import evaluate_segmenter_and_write
 from covidseg.inference.segmenter_scores import summarize
 from covidseg.models.segmenter import Segmenter, hausdorff95
 from covidseg.paths import CONF_DIR, register_resolvers
-from tests.conftest import read_metrics, run_cli, run_cli_refused
+from tests.conftest import read_metrics
 
 register_resolvers()
 RATIOS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -310,10 +310,10 @@ def test_test_segmenter_writes_scores_per_set_and_per_source(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_eval_segmenter_write_per_set_and_per_source_metrics(tmp_path):
+def test_train_and_eval_segmenter_write_per_set_and_per_source_metrics(tmp_path, cli):
     normal, covid = two_sets(tmp_path)
     run = tmp_path / "train"
-    run_cli(
+    cli(
         "covidseg-train-segmenter",
         f"data.roots=[{normal},{covid}]",
         "trainer.max_epochs=1",
@@ -337,7 +337,7 @@ def test_train_and_eval_segmenter_write_per_set_and_per_source_metrics(tmp_path)
     assert scores["dice"].mean() == pytest.approx(metrics["test/dice"])
 
     out = tmp_path / "eval"
-    run_cli(
+    cli(
         "covidseg-eval-segmenter",
         f"ckpt_path={run}/checkpoints/best.ckpt",
         f"data.root={covid}",
@@ -353,8 +353,8 @@ def test_train_and_eval_segmenter_write_per_set_and_per_source_metrics(tmp_path)
     assert {"patient_id", "finding", "hd95"} <= set(per_image.columns)
 
 
-def test_data_root_and_data_roots_together_are_refused(tmp_path):
-    run_cli_refused(
+def test_data_root_and_data_roots_together_are_refused(tmp_path, cli_refused):
+    cli_refused(
         "covidseg-train-segmenter",
         f"data.root={tmp_path}/one",
         f"data.roots=[{tmp_path}/a,{tmp_path}/b]",

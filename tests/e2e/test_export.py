@@ -21,7 +21,7 @@ from covidseg.inference.evaluation import evaluation_datamodule
 from covidseg.models.classifier import load_classifier
 from covidseg.models.segmenter import load_segmenter, postprocess
 from covidseg.paths import cache_dir
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_ok
 
 TOLERANCE = 1e-4  # largest absolute difference allowed between PyTorch's and an exported network's output
 N_IMAGES = 8  # real test images compared per checkpoint
@@ -29,8 +29,8 @@ N_IMAGES = 8  # real test images compared per checkpoint
 
 def train_and_export(base: Path, *overrides: str) -> tuple[Path, Path]:
     run, export = base / "run", base / "export"
-    run_cli("covidseg-train", "debug=tiny", "logger=csv", *overrides, f"hydra.run.dir={run}")
-    run_cli("covidseg-export", f"ckpt_path={run}/checkpoints/best.ckpt", f"out_dir={export}")
+    run_ok("covidseg-train", "debug=tiny", "logger=csv", *overrides, f"hydra.run.dir={run}")
+    run_ok("covidseg-export", f"ckpt_path={run}/checkpoints/best.ckpt", f"out_dir={export}")
     return run, export
 
 

@@ -23,10 +23,10 @@ def tiny_classifier(tiny_classifier_run) -> Path:
 
 @pytest.mark.slow
 def test_predict_on_a_folder_writes_one_row_and_one_overlay_per_image(
-    tiny_classifier, external_actualmed, tmp_path
+    tiny_classifier, external_actualmed, tmp_path, cli
 ):
     out = tmp_path / "predict"
-    run_cli(
+    cli(
         "covidseg-predict",
         f"ckpt_path={tiny_classifier}",
         f"inputs={external_actualmed}",
@@ -59,7 +59,7 @@ def test_predict_on_a_folder_writes_one_row_and_one_overlay_per_image(
 
 @pytest.mark.slow
 def test_a_dicom_copy_gets_the_png_probabilities_and_unreadable_files_are_listed(
-    tiny_classifier, external_actualmed, tmp_path
+    tiny_classifier, external_actualmed, tmp_path, cli
 ):
     png = sorted(external_actualmed.rglob("*.png"))[0]
     with Image.open(png) as image:
@@ -69,7 +69,7 @@ def test_a_dicom_copy_gets_the_png_probabilities_and_unreadable_files_are_listed
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "list.csv").write_text(f"path\n{png}\ncopy.dcm\ncopy_m1.dcm\nbroken.png\nmissing.png\n")
     out = tmp_path / "predict"
-    run_cli(
+    cli(
         "covidseg-predict",
         f"ckpt_path={tiny_classifier}",
         f"inputs={tmp_path}/list.csv",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_ok
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def tiny_sweep(tmp_path_factory, tiny_segmenter) -> Path:
         check=False,
     )
     (base / "sweep_output.txt").write_text(f"{result.returncode}\n{result.stdout}")
-    run_cli(
+    run_ok(
         "covidseg-report",
         str(sweep),
         "--n-boot",

@@ -78,14 +78,14 @@ def test_tiny_segmenter_training_meets_the_contract(tiny_segmenter):
         assert (tiny_segmenter / name).is_file(), name
     metrics = read_metrics(tiny_segmenter)
     assert 0.0 <= metrics["test/dice"] <= 1.0 and 0.0 <= metrics["test/iou"] <= metrics["test/dice"]
-    assert metrics["arch"] == "Unet" and metrics["encoder"] == "resnet18"
+    assert metrics["arch"] == "Unet" and metrics["encoder"] == "tu-test_resnet"
     assert metrics["n_train"] > metrics["n_test"] > 0
     with Image.open(tiny_segmenter / "overlays.png") as image:
         assert image.size[0] > 100
 
 
 @pytest.mark.slow
-def test_eval_segmenter_on_a_mask_set(tiny_segmenter, lungs, tmp_path):
+def test_eval_segmenter_on_a_mask_set(tiny_segmenter, lungs, tmp_path, cli):
     subset = tmp_path / "masks"
     subset.mkdir()
     table = pd.read_csv(lungs / "metadata.csv").head(5)
@@ -93,7 +93,7 @@ def test_eval_segmenter_on_a_mask_set(tiny_segmenter, lungs, tmp_path):
         image=[str(lungs / p) for p in table["image"]], mask=[str(lungs / p) for p in table["mask"]]
     ).to_csv(subset / "metadata.csv", index=False)
     out = tmp_path / "eval"
-    run_cli(
+    cli(
         "covidseg-eval-segmenter",
         f"ckpt_path={tiny_segmenter}/checkpoints/best.ckpt",
         f"data.root={subset}",
@@ -158,10 +158,10 @@ def test_mask_cache_second_pass_runs_no_network_and_new_checkpoint_misses(
 
 @pytest.mark.slow
 def test_classifier_trains_on_segmented_input_and_predicts_with_its_segmenter(
-    tiny_segmenter, covid_cxr, tmp_path
+    tiny_segmenter, covid_cxr, tmp_path, cli
 ):
     run = tmp_path / "run"
-    run_cli(
+    cli(
         "covidseg-train",
         "data.input=segmented",
         "data.limit=40",
@@ -187,7 +187,7 @@ def test_classifier_trains_on_segmented_input_and_predicts_with_its_segmenter(
     images = pd.read_csv(covid_cxr / "metadata.csv")["path"].iloc[:3]
     (tmp_path / "new.csv").write_text("path\n" + "\n".join(str(covid_cxr / p) for p in images) + "\n")
     out = tmp_path / "predict"
-    run_cli(
+    cli(
         "covidseg-predict",
         f"ckpt_path={best}",
         f"inputs={tmp_path}/new.csv",

@@ -26,7 +26,7 @@ from covidseg.models.segmenter import Segmenter, load_segmenter
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.runs.checks import check_config
 from covidseg.runs.overrides import check_command_line
-from tests.conftest import make_dataset, run_cli, run_cli_refused
+from tests.conftest import make_dataset, run_cli
 
 register_resolvers()
 SIZE = 32
@@ -151,9 +151,9 @@ TRAIN = ["debug=fast", "logger=none", f"data.image_size={SIZE}", "model.optimize
 
 
 @pytest.mark.slow
-def test_covidseg_train_with_a_huge_learning_rate_exits_2_without_metrics(generated, tmp_path):
+def test_covidseg_train_with_a_huge_learning_rate_exits_2_without_metrics(generated, tmp_path, cli_refused):
     run = tmp_path / "run"
-    run_cli_refused(
+    cli_refused(
         "covidseg-train",
         f"data.root={generated}",
         *TRAIN,
@@ -182,9 +182,9 @@ def test_a_diverged_sweep_job_is_recorded_as_failed(generated, tmp_path):
 
 
 @pytest.mark.slow
-def test_covidseg_train_segmenter_with_a_huge_learning_rate_exits_2(lungs, tmp_path):
+def test_covidseg_train_segmenter_with_a_huge_learning_rate_exits_2(lungs, tmp_path, cli_refused):
     run = tmp_path / "seg"
-    run_cli_refused(
+    cli_refused(
         "covidseg-train-segmenter",
         "data.image_size=64",
         "data.limit=16",
@@ -208,9 +208,9 @@ def test_covidseg_train_segmenter_with_a_huge_learning_rate_exits_2(lungs, tmp_p
     ],
 )
 def test_eval_predict_and_export_refuse_a_checkpoint_with_nan_weights(
-    nan_checkpoint, tmp_path, command, args
+    nan_checkpoint, tmp_path, command, args, cli_refused
 ):
-    output = run_cli_refused(
+    output = cli_refused(
         command,
         f"ckpt_path={nan_checkpoint}",
         *args,

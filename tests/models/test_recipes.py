@@ -21,7 +21,7 @@ from covidseg.models.averaging import EMA
 from covidseg.models.base import warmup_cosine
 from covidseg.models.classifier import Classifier, predicted_counts
 from covidseg.paths import CONF_DIR, register_resolvers
-from tests.conftest import read_metrics, run_cli
+from tests.conftest import read_metrics
 
 SIZE = 32
 HINT = "Train one first."
@@ -273,18 +273,18 @@ def test_predicted_counts_follow_the_threshold_rule():
 
 
 @pytest.mark.slow
-def test_a_stable_ema_run_records_its_recipe_and_eval_reproduces_its_test(tmp_path, covid_cxr):
+def test_a_stable_ema_run_records_its_recipe_and_eval_reproduces_its_test(tmp_path, covid_cxr, cli):
     """End to end: the step schedule, clipping, EMA and val/auroc checkpoint through covidseg-train, and
     covidseg-eval on best.ckpt measuring the same (averaged) weights the run tested."""
     run = tmp_path / "run"
-    run_cli("covidseg-train", "recipe=stable_ema", "debug=tiny", "logger=csv", f"hydra.run.dir={run}")
+    cli("covidseg-train", "recipe=stable_ema", "debug=tiny", "logger=csv", f"hydra.run.dir={run}")
     metrics = read_metrics(run)
     assert metrics["recipe"] == "stable_ema" and metrics["monitor"] == "val/auroc"
     curves = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/single_class"])
     assert metrics["val/single_class_epochs"] == int(curves["val/single_class"].sum()) and len(curves) == 2
     assert "recipe_name: stable_ema" in (run / ".hydra" / "config.yaml").read_text()
     out = tmp_path / "eval"
-    run_cli(
+    cli(
         "covidseg-eval",
         f"ckpt_path={run}/checkpoints/best.ckpt",
         f"data.split_file={run}/splits.csv",

@@ -186,11 +186,11 @@ def test_a_read_only_folder_is_refused_before_the_export_starts(classifier_ckpt,
     assert list(out.iterdir()) == []
 
 
-def test_an_export_folder_under_a_file_exits_2_naming_the_file(classifier_ckpt, tmp_path):
+def test_an_export_folder_under_a_file_exits_2_naming_the_file(classifier_ckpt, tmp_path, cli_refused):
     blocker = tmp_path / "results.txt"
     blocker.write_text("not a folder")
     out = blocker / "deploy"
-    run_cli_refused(
+    cli_refused(
         "covidseg-export",
         f"ckpt_path={classifier_ckpt}",
         f"out_dir={out}",
@@ -271,11 +271,11 @@ def test_a_flipped_bit_is_refused_on_every_load_naming_the_file(tmp_path):
     assert read_checkpoint(path, HINT)["epoch"] == 1  # the undamaged file loads as before
 
 
-def test_predict_with_a_damaged_checkpoint_exits_2_naming_it(classifier_ckpt, tmp_path):
+def test_predict_with_a_damaged_checkpoint_exits_2_naming_it(classifier_ckpt, tmp_path, cli_refused):
     damaged = flip_a_bit_in_the_largest_tensor(classifier_ckpt, tmp_path / "best.ckpt")
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((40, 40), np.uint8) + 80).save(image)
-    run_cli_refused(
+    cli_refused(
         "covidseg-predict",
         f"ckpt_path={damaged}",
         f"inputs={image}",
@@ -343,7 +343,7 @@ def test_splits_csv_quotes_formula_paths_and_still_works_as_a_split_file(tmp_pat
     assert list(read_split_file(tmp_path / "splits.csv", table)) == ["train", "test", "val"]
 
 
-def test_predictions_csv_quotes_formula_paths_and_reads_back_as_inputs(classifier_ckpt, tmp_path):
+def test_predictions_csv_quotes_formula_paths_and_reads_back_as_inputs(classifier_ckpt, tmp_path, cli):
     images = tmp_path / "images"
     images.mkdir()
     names = ["=1+2.png", "@x.png", "-y.png", "plain.png"]
@@ -352,7 +352,7 @@ def test_predictions_csv_quotes_formula_paths_and_reads_back_as_inputs(classifie
         Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(images / name)
     pd.DataFrame({"path": names}).to_csv(images / "inputs.csv", index=False)
     run = tmp_path / "run"
-    run_cli(
+    cli(
         "covidseg-predict",
         f"ckpt_path={classifier_ckpt}",
         f"inputs={images / 'inputs.csv'}",

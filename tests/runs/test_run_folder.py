@@ -38,7 +38,7 @@ from covidseg.runs.resume_plan import (
     data_record,
     plan_resume,
 )
-from tests.conftest import REPO, kill_when_saved, make_dataset, run_cli, run_cli_refused
+from tests.conftest import REPO, kill_when_saved, make_dataset
 
 HOLD = """
 import sys
@@ -254,11 +254,11 @@ def test_a_full_cache_folder_names_it_and_the_fix(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("blocked", ["run", "cache"])
-def test_cli_a_folder_under_a_file_exits_2_naming_the_file(tmp_path, blocked, monkeypatch):
+def test_cli_a_folder_under_a_file_exits_2_naming_the_file(tmp_path, blocked, monkeypatch, cli_refused):
     (tmp_path / "file").write_text("not a folder")
     folders = {"run": tmp_path / "run", "cache": tmp_path / "cache", blocked: tmp_path / "file" / blocked}
     monkeypatch.setenv("COVIDSEG_CACHE_DIR", str(folders["cache"]))
-    run_cli_refused(
+    cli_refused(
         "covidseg-train",
         "debug=fast",
         f"hydra.run.dir={folders['run']}",
@@ -385,7 +385,9 @@ def test_a_sweep_job_on_changed_data_stops_the_sweep_another_user_error_fails_th
 
 
 @pytest.mark.slow
-def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_restored_file(tmp_path):
+def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_restored_file(
+    tmp_path, cli_refused, cli
+):
 
     data = make_dataset(tmp_path / "d", {"normal": 30, "covid": 30})
     run = tmp_path / "run"
@@ -402,7 +404,7 @@ def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_re
     kept = (data / "metadata.csv").read_text()
     _without_rows(data, ["normal/0.png", "normal/1.png", "covid/2.png", "covid/3.png"])
     splits = (run / "splits.csv").read_text()
-    output = run_cli_refused(
+    output = cli_refused(
         "covidseg-train",
         *args,
         "resume=true",
@@ -412,7 +414,7 @@ def test_cli_a_killed_run_resumed_on_four_rows_less_stops_then_resumes_on_the_re
     assert "taking over the lock of the job that ran here before" in output
     assert (run / "splits.csv").read_text() == splits and not (run / LOCK_FILE).exists()
     (data / "metadata.csv").write_text(kept)
-    run_cli("covidseg-train", *args, "resume=true")
+    cli("covidseg-train", *args, "resume=true")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 4 and metrics["resumed_at_epoch"] >= 1
     assert (run / "splits.csv").read_text() == splits
