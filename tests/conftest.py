@@ -143,15 +143,16 @@ def _restore_logging(before: dict[logging.Logger, tuple]) -> None:
             lg.level, lg.propagate, lg.disabled = level, propagate, disabled
 
 
-def run_main(*args: str, cwd: Path | None = None) -> int | str | None:
+def run_main(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> int | str | None:
     """Run a console script's `main` in this process, as its command line would (sys.argv, the working
-    folder), without the 4-5 s of imports a subprocess pays; returns its exit code (0: it returned). For
-    tests about what a command does; the process boundary itself (exit codes seen by a shell, entry
-    points, kills) keeps `run_cli`. An exception other than SystemExit propagates (fails the test)."""
+    folder, `env` added to os.environ), without the 4-5 s of imports a subprocess pays; returns its exit code
+    (0: it returned). For tests about what a command does; the process boundary itself (exit codes seen by a
+    shell, entry points, kills) keeps `run_cli`. An exception other than SystemExit propagates."""
     logging_before = _logging_state()  # before the import: Lightning adds handlers when first imported
     module = importlib.import_module(SCRIPT_MODULES[args[0]])
-    argv, folder = sys.argv, os.getcwd()
+    argv, folder, environ = sys.argv, os.getcwd(), dict(os.environ)
     sys.argv = [args[0], *args[1:]]
+    os.environ.update(env or {})
     if cwd is not None:
         os.chdir(cwd)
     GlobalHydra.instance().clear()
@@ -164,12 +165,14 @@ def run_main(*args: str, cwd: Path | None = None) -> int | str | None:
         _restore_logging(logging_before)
         sys.argv = argv
         os.chdir(folder)
+        os.environ.clear()
+        os.environ.update(environ)
     return 0
 
 
-def run_ok(*args: str, cwd: Path | None = None) -> None:
+def run_ok(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
     """`run_main` for fixtures (any scope): the command must succeed; its output is in the test's capture."""
-    code = run_main(*args, cwd=cwd)
+    code = run_main(*args, cwd=cwd, env=env)
     assert (code or 0) == 0, f"{' '.join(args)} exited {code} (its output is in the captured log above)"
 
 
