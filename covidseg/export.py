@@ -31,8 +31,6 @@ from covidseg.runs.job import hydra_entry, run_dir
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = layout.PREPROCESSING
-
 
 def segmenter_masks(record: dict[str, Any], cache_dir: str, override: str | None) -> MaskSource | None:
     """The segmenter (and mask settings) a checkpoint was trained with, on CPU; None for raw input.
@@ -83,7 +81,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         )
         files.update(segmenter_files)
     content = build_record(model, ckpt, file_digest(ckpt), classifier, masks, segmenter)
-    files[RECORD_FILE] = json.dumps(content, indent=2).encode("utf-8")
+    files[layout.PREPROCESSING] = json.dumps(content, indent=2).encode("utf-8")
     # Each ONNX file also says on its own what it is for and how to read its output.
     for name, part in (("classifier", classifier), ("segmenter", segmenter)):
         if part:
@@ -94,7 +92,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         name: part["checks"] for name, part in (("classifier", classifier), ("segmenter", segmenter)) if part
     }
     log.info("Largest differences to PyTorch on random batches: %s", checks)
-    log.info("Wrote %s", out_dir / RECORD_FILE)
+    log.info("Wrote %s", out_dir / layout.PREPROCESSING)
     return {"out_dir": str(out_dir), "checks": checks}
 
 

@@ -29,7 +29,7 @@ from covidseg.masks import area_by_class, images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, check_backbone
 from covidseg.outputs import layout
 from covidseg.runs.fit import fit_and_evaluate
-from covidseg.runs.job import RESOLVED_CONFIG, hydra_entry, in_multirun, run_dir
+from covidseg.runs.job import hydra_entry, in_multirun, run_dir
 from covidseg.runs.objective import check_optimized_metric, objective
 from covidseg.runs.resume_plan import check_same_data, checkpoint_to_resume
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One classifier run, as configured; returns what it wrote to metrics.json."""
     out_dir = run_dir()
-    (out_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / layout.CONFIG_RESOLVED).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     check_backbone(cfg.model.backbone)
     check_optimized_metric(cfg)
     L.seed_everything(cfg.seed, workers=True)

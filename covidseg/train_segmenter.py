@@ -11,8 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.inference.evaluation import evaluate_segmenter_and_write
 from covidseg.models.segmenter import Segmenter
+from covidseg.outputs import layout
 from covidseg.runs.fit import fit_and_evaluate
-from covidseg.runs.job import RESOLVED_CONFIG, hydra_entry, run_dir
+from covidseg.runs.job import hydra_entry, run_dir
 
 
 def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def train_segmenter(cfg: DictConfig) -> dict[str, Any]:
     """
     out_dir = run_dir()
     # What covidseg-report reloads the job's data from (its worst-case gallery), as for covidseg-train.
-    (out_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / layout.CONFIG_RESOLVED).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     datamodule: LungMaskDataModule = instantiate(cfg.data)
     datamodule.setup("fit")

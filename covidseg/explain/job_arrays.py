@@ -32,8 +32,6 @@ from covidseg.outputs import layout
 
 log = logging.getLogger(__name__)
 
-ENERGY_FILE = layout.LUNG_ENERGY
-GALLERY_FILE = layout.CAM_GALLERY
 CAM_METHODS = (("gradcam", "Grad-CAM"), ("gradcam++", "Grad-CAM++"))
 
 
@@ -106,7 +104,7 @@ def lung_energy_summary(
 
 def stored_lung_energy(job_dir: Path, max_images: int) -> dict[str, Any] | None:
     """The job's lung_energy.json if it was measured on `max_images` images, else None."""
-    path = job_dir / ENERGY_FILE
+    path = job_dir / layout.LUNG_ENERGY
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
@@ -177,7 +175,7 @@ def gallery_arrays(
 
 def stored_gallery(job_dir: Path, k: int) -> dict[str, np.ndarray] | None:
     """The job's cam_gallery.npz if it holds `k` images, else None."""
-    path = job_dir / GALLERY_FILE
+    path = job_dir / layout.CAM_GALLERY
     if not path.is_file():
         return None
     with np.load(path) as stored:
@@ -222,7 +220,7 @@ def write_job_cams(
         energy = lung_energy_summary(
             model, datamodule, lambda idx: lungs_seen(masks, datamodule, rows.iloc[idx]), energy_images
         )
-        (out_dir / ENERGY_FILE).write_text(json.dumps(energy))
+        (out_dir / layout.LUNG_ENERGY).write_text(json.dumps(energy))
     if cam_images > 0:
 
         def unmasked(picks: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -232,4 +230,4 @@ def write_job_cams(
             return seen, None if masks is None else lungs_seen(masks, datamodule, rows.iloc[picks])
 
         arrays = gallery_arrays(model, datamodule, rows["label"].to_numpy(), unmasked, cam_images)
-        np.savez_compressed(out_dir / GALLERY_FILE, **arrays)
+        np.savez_compressed(out_dir / layout.CAM_GALLERY, **arrays)

@@ -21,7 +21,7 @@ from covidseg.data.mask_sets import set_name
 from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.errors import UserError
 from covidseg.inference.overlays import overlay_grid
-from covidseg.inference.segmenter_scores import SCORES_FILE, score_rows, summarize
+from covidseg.inference.segmenter_scores import score_rows, summarize
 from covidseg.masks import MaskSource, trained_mask_source
 from covidseg.models.classifier import Classifier
 from covidseg.models.divergence import check_finite_outputs
@@ -270,7 +270,7 @@ def evaluate_segmenter_and_write(
     hp = model.hparams
     table = datamodule.table
     rows = score_rows(table[table["split"] == "test"], model.test_results())
-    write_csv(rows, out_dir / SCORES_FILE)
+    write_csv(rows, out_dir / layout.SEGMENTATION_SCORES)
     metrics = {
         **summarize(rows),
         "n_parameters": sum(p.numel() for p in model.parameters()),

@@ -18,11 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covidseg.outputs import layout
-
 log = logging.getLogger(__name__)
 
-SCORES_FILE = layout.SEGMENTATION_SCORES
 SCORES = ("dice", "iou", "hd95")
 BREAKDOWN_COLUMNS = ("source", "finding")
 # Manifest columns carried into the per-image file (those a mask set has).

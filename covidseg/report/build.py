@@ -32,7 +32,6 @@ from covidseg.report.segmenter import build_segmenter_report, is_segmenter_sweep
 from covidseg.report.summary import findings
 from covidseg.report.tables import metric_prefix, source_table, summary_records, summary_table
 from covidseg.report.text import ReportContent, TestSetReport, report_text
-from covidseg.runs.job import FAILED_FILE
 
 log = logging.getLogger("covidseg.report")
 
@@ -82,7 +81,7 @@ def build_report(
             jobs.loc[index, "lung_energy"] = math.nan
     write_csv(jobs, sweep_dir / layout.RESULTS, REPORT_FIX)
     if not ok_mask.any():
-        raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {FAILED_FILE}.")
+        raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {layout.FAILED}.")
     groups = compared_groups(jobs)
     internal = _test_set_report(jobs, {g: internal_tables(jobs, *g) for g in groups}, n_boot, None)
     external = {}

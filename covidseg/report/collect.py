@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
 from covidseg.outputs import layout
-from covidseg.runs.job import FAILED_FILE
 
 INPUT_ORDER = ["raw", "segmented", "lungs_removed"]
 # What a report that cannot write into the sweep folder tells the user to do.
@@ -46,8 +45,8 @@ def job_outcome(job: Path) -> dict[str, Any]:
     if (job / layout.METRICS).is_file():
         metrics = json.loads((job / layout.METRICS).read_text())
         return {"status": "ok", **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}
-    if (job / FAILED_FILE).is_file():
-        return {"status": "failed", "error": json.loads((job / FAILED_FILE).read_text())["error"]}
+    if (job / layout.FAILED).is_file():
+        return {"status": "failed", "error": json.loads((job / layout.FAILED).read_text())["error"]}
     return {"status": "failed", "error": "no metrics.json (job killed or still running)"}
 
 

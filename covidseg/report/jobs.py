@@ -17,11 +17,10 @@ from covidseg.data.datasets import ArrayDataset
 from covidseg.data.store import ArrayView
 from covidseg.data.transforms import masks_as_seen
 from covidseg.errors import UserError
-from covidseg.explain.job_arrays import ENERGY_FILE, lung_energy_summary, stored_lung_energy
+from covidseg.explain.job_arrays import lung_energy_summary, stored_lung_energy
 from covidseg.masks import images_and_masks, mask_source
 from covidseg.models.classifier import Classifier, load_classifier
 from covidseg.outputs import layout
-from covidseg.runs.job import RESOLVED_CONFIG
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,7 +48,7 @@ class JobTestData:
 def job_test_data(job_dir: Path, cache_dir: str | None = None) -> JobTestData:
     """The classifier of a job and its test images exactly as it saw them, plus their lung masks."""
     model = load_classifier(job_dir / layout.CHECKPOINTS / layout.BEST)
-    resolved = job_dir / RESOLVED_CONFIG
+    resolved = job_dir / layout.CONFIG_RESOLVED
     if not resolved.is_file():
         raise UserError(f"{resolved} is missing; it is written by covidseg-train at the start of every run.")
     cfg = OmegaConf.load(resolved)
@@ -90,5 +89,5 @@ def job_lung_energy(job_dir: Path, max_images: int, cache_dir: str | None = None
     if job.masks_seen is None:
         raise UserError(f"no lung masks for {job_dir} (segmenter.ckpt_path does not exist)")
     result = lung_energy_summary(job.model, job.datamodule, job.masks_seen, max_images)
-    (job_dir / ENERGY_FILE).write_text(json.dumps(result))
+    (job_dir / layout.LUNG_ENERGY).write_text(json.dumps(result))
     return result

@@ -18,7 +18,6 @@ from covidseg.report.collect import compared_groups, finished, select_jobs
 from covidseg.report.pooling import read_predictions
 from covidseg.report.summary import Finding
 from covidseg.report.tables import BOOT_SEED, fmt, markdown_table
-from covidseg.runs.job import RESOLVED_CONFIG
 from covidseg.stats import bootstrap_patient_metric, prob_columns
 from covidseg.stats.binary import proportion_counts, wilson_interval
 from covidseg.stats.calibration import brier_score
@@ -56,7 +55,7 @@ def _metrics_row(label: str, table: pd.DataFrame, threshold: float, n_boot: int)
 
 
 def _data_lines(job: pd.Series) -> list[str]:
-    path = Path(job["dir"]) / RESOLVED_CONFIG
+    path = Path(job["dir"]) / layout.CONFIG_RESOLVED
     cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.load(Path(job["dir"]) / layout.HYDRA_CONFIG)
     data = cfg.data
     segmenter = OmegaConf.select(cfg, "segmenter.ckpt_path", default=None)

@@ -27,13 +27,12 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from covidseg.errors import UserError
-from covidseg.inference.segmenter_scores import BREAKDOWN_COLUMNS, SCORES, SCORES_FILE
+from covidseg.inference.segmenter_scores import BREAKDOWN_COLUMNS, SCORES
 from covidseg.outputs import layout, write_csv
 from covidseg.report.collect import REPORT_FIX, finished, job_configs, job_outcome, model_names
 from covidseg.report.sections import failed_jobs
 from covidseg.report.segmenter_figures import plot_dice_distribution, plot_worst_cases
 from covidseg.report.tables import BOOT_SEED, count_text, fmt, markdown_table
-from covidseg.runs.job import FAILED_FILE
 from covidseg.stats import bootstrap_patient_metric, mean_ci
 from covidseg.stats.bootstrap import MEAN_OF
 
@@ -68,7 +67,7 @@ def is_segmenter_sweep(sweep_dir: Path) -> bool:
     """Whether a sweep's jobs are segmenter runs: a job's config builds the Segmenter or a job wrote
     segmentation_scores.csv."""
     for config_file in sweep_dir.glob("*/.hydra/config.yaml"):
-        if (config_file.parents[1] / SCORES_FILE).is_file():
+        if (config_file.parents[1] / layout.SEGMENTATION_SCORES).is_file():
             return True
         if OmegaConf.select(OmegaConf.load(config_file), "model._target_", default=None) == SEGMENTER_TARGET:
             return True
@@ -112,7 +111,8 @@ def read_scores(job_dir: str | Path) -> pd.DataFrame:
     """A job's segmentation_scores.csv as a bootstrap table: `path` (set/image, unique) and `patient_id`
     (set:patient, or the image itself where the set has no patient_id)."""
     scores = pd.read_csv(
-        Path(job_dir) / SCORES_FILE, dtype={"patient_id": str, **dict.fromkeys(BREAKDOWN_COLUMNS, str)}
+        Path(job_dir) / layout.SEGMENTATION_SCORES,
+        dtype={"patient_id": str, **dict.fromkeys(BREAKDOWN_COLUMNS, str)},
     )
     scores["path"] = scores["set"].astype(str) + "/" + scores["image"].astype(str)
     patient = scores["patient_id"] if "patient_id" in scores else pd.Series(pd.NA, index=scores.index)
@@ -235,13 +235,13 @@ def build_segmenter_report(sweep_dir: Path, worst_images: int, n_boot: int, cach
     jobs = collect_segmenter_jobs(sweep_dir)
     write_csv(jobs, sweep_dir / layout.RESULTS, REPORT_FIX)
     ok = finished(jobs)
-    scored = [(Path(d) / SCORES_FILE).is_file() for d in ok["dir"]]
+    scored = [(Path(d) / layout.SEGMENTATION_SCORES).is_file() for d in ok["dir"]]
     if not all(scored):  # jobs from before segmentation_scores.csv: no images to pool or resample
         unscored = [job for job, has in zip(ok["job"], scored) if not has]
-        log.warning("Jobs %s have no %s; left out of the report", unscored, SCORES_FILE)
+        log.warning("Jobs %s have no %s; left out of the report", unscored, layout.SEGMENTATION_SCORES)
     ok = ok[scored]
     if not len(ok):
-        raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {FAILED_FILE}.")
+        raise UserError(f"No job of {sweep_dir} finished; see results.csv and each job's {layout.FAILED}.")
     scores = {job: read_scores(d) for job, d in zip(ok["job"], ok["dir"])}
     tables = {p: population_table(ok, scores, p, n_boot) for p in populations(list(scores.values()))}
     tables = {p: t for p, t in tables.items() if len(t)}

@@ -18,7 +18,6 @@ from covidseg.inference.overlays import overlay_grid, pyplot
 from covidseg.models.segmenter import Segmenter, load_segmenter
 from covidseg.outputs import layout
 from covidseg.paths import register_resolvers
-from covidseg.runs.job import RESOLVED_CONFIG
 
 log = logging.getLogger("covidseg.report")
 
@@ -60,7 +59,7 @@ def plot_dice_distribution(tables: dict[str, pd.DataFrame], path: Path, columns:
 def _job_model_and_data(job_dir: Path, cache_dir: str | None) -> tuple[Segmenter, LungMaskDataModule]:
     """A job's best checkpoint and its mask sets, split as the job split them."""
     model = load_segmenter(job_dir / layout.CHECKPOINTS / layout.BEST)
-    resolved = job_dir / RESOLVED_CONFIG
+    resolved = job_dir / layout.CONFIG_RESOLVED
     if resolved.is_file():
         data = OmegaConf.load(resolved).data
     else:  # a job from before covidseg-train-segmenter wrote it: resolved here, with this machine's paths

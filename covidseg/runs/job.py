@@ -26,11 +26,6 @@ from covidseg.runs.resume_plan import ResumeMismatch, plan_resume
 
 log = logging.getLogger("covidseg")
 
-FAILED_FILE = layout.FAILED
-RESOLVED_CONFIG = (
-    layout.CONFIG_RESOLVED  # the job's config with every interpolation resolved (absolute paths)
-)
-
 
 def run_dir() -> Path:
     """This Hydra job's output folder (hydra.run.dir, or the job's folder of a sweep)."""
@@ -54,7 +49,7 @@ def user_error(err: BaseException) -> UserError | None:
 STALE_OUTPUTS = (
     layout.METRICS,
     layout.PREDICTIONS,
-    FAILED_FILE,
+    layout.FAILED,
     layout.LUNG_ENERGY,
     layout.CAM_GALLERY,
     layout.MASK_STATS,
@@ -92,7 +87,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def _run_locked_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
-        resume = plan_resume(cfg, run_dir(), run_dir() / RESOLVED_CONFIG, sweep_job=in_multirun())
+        resume = plan_resume(cfg, run_dir(), run_dir() / layout.CONFIG_RESOLVED, sweep_job=in_multirun())
     except UserError as err:
         # Also in a sweep: one re-launched with other settings is not the sweep it claims to resume.
         log.error("%s", err)
@@ -112,8 +107,10 @@ def _run_locked_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
                 raise SystemExit(2) from None
             raise
         record = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-        (run_dir() / FAILED_FILE).write_text(json.dumps(record, indent=2))
-        log.error("Job failed, sweep continues (details in %s): %s", run_dir() / FAILED_FILE, record["error"])
+        (run_dir() / layout.FAILED).write_text(json.dumps(record, indent=2))
+        log.error(
+            "Job failed, sweep continues (details in %s): %s", run_dir() / layout.FAILED, record["error"]
+        )
         return failed_value()
 
 

@@ -35,7 +35,6 @@ from covidseg.runs.checks import check_config
 log = logging.getLogger(__name__)
 
 RESUME_KEY = "resume"
-LAST_CHECKPOINT = layout.LAST
 RUN_RECORD_KEY = "covidseg_run"  # in every checkpoint: {"config": resolved config, "data": data_record()}
 DATA_COLUMNS = ("path", "label", "patient_id", "digest", "split")  # what data_record keeps of every image
 START_AGAIN = "Start a new run (without resume=true) in another hydra.run.dir / hydra.sweep.dir"
@@ -70,7 +69,7 @@ def last_checkpoint(cfg: DictConfig, out_dir: Path) -> Path:
     folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None) or OmegaConf.select(
         cfg, "callbacks.model_checkpoint.dirpath", default=None
     )
-    return Path(folder or out_dir / layout.CHECKPOINTS) / LAST_CHECKPOINT
+    return Path(folder or out_dir / layout.CHECKPOINTS) / layout.LAST
 
 
 def checkpoint_to_resume(cfg: DictConfig, out_dir: Path) -> Path | None:
@@ -113,7 +112,7 @@ def plan_resume(cfg: DictConfig, out_dir: Path, recorded_config: Path, sweep_job
         log.info("resume=true: continuing %s after epoch %d (%s)", out_dir, checkpoint["epoch"], last)
         return Resume(checkpoint=last)
     if sweep_job:
-        log.info("resume=true: %s has no %s yet, training from epoch 0.", out_dir, LAST_CHECKPOINT)
+        log.info("resume=true: %s has no %s yet, training from epoch 0.", out_dir, layout.LAST)
         return Resume()
     raise UserError(
         f"resume=true but {last} does not exist: {out_dir} holds no interrupted run to continue. Give the "

@@ -23,12 +23,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from covidseg.outputs import layout
 from covidseg import outputs
 from covidseg.checkpoints import AtomicCheckpointIO, read_checkpoint
 from covidseg.data.split import read_split_file, write_splits
 from covidseg.deploy.networks import load_torchscript
 from covidseg.errors import UserError
-from covidseg.export import RECORD_FILE, export
+from covidseg.export import export
 from covidseg.models.classifier import Classifier, load_classifier
 from covidseg.outputs import (
     folder_error,
@@ -45,7 +46,7 @@ from tests.conftest import REPO, run_cli, run_cli_refused
 from tests.report.test_report import dataset, write_job
 
 HINT = "Train one first."
-EXPORTED = ["classifier.onnx", "classifier.torchscript.pt", RECORD_FILE]
+EXPORTED = ["classifier.onnx", "classifier.torchscript.pt", layout.PREPROCESSING]
 
 
 def save_classifier(path: Path, root: Path) -> Path:
@@ -105,7 +106,7 @@ def exported(classifier_ckpt, tmp_path_factory) -> tuple[Path, list]:
 def test_an_export_into_a_missing_folder_creates_it_and_leaves_only_whole_files(classifier_ckpt, exported):
     out, _ = exported
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPORTED)  # no temporary or probe file left
-    record = json.loads((out / RECORD_FILE).read_text())
+    record = json.loads((out / layout.PREPROCESSING).read_text())
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         expected = load_classifier(classifier_ckpt).eval().net(x).numpy()
@@ -158,7 +159,7 @@ def fail_on_file(monkeypatch, name: str, error: int | None) -> None:
         monkeypatch.setattr(module, "open", failing_open, raising=False)
 
 
-@pytest.mark.parametrize("failing", ["classifier.onnx", "classifier.torchscript.pt", RECORD_FILE])
+@pytest.mark.parametrize("failing", ["classifier.onnx", "classifier.torchscript.pt", layout.PREPROCESSING])
 def test_a_full_disk_during_an_export_keeps_the_previous_export_whole(
     classifier_ckpt, exported, tmp_path, monkeypatch, failing
 ):

@@ -22,9 +22,9 @@ from scipy import stats as sps
 from covidseg.data.segmentation import LungMaskDataModule
 from covidseg.inference.evaluation import evaluate_segmenter_and_write
 from covidseg.models.segmenter import Segmenter
+from covidseg.outputs import layout
 from covidseg.paths import CONF_DIR, register_resolvers
 from covidseg.report import build_report
-from covidseg.runs.job import FAILED_FILE
 from covidseg.stats import bootstrap_patient_metric
 from covidseg.stats.bootstrap import MEAN_OF
 from tests.conftest import read_metrics
@@ -120,7 +120,7 @@ def write_segmenter_job(job: Path, arch: str, seed: int, failed: bool = False) -
     }
     (job / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     if failed:
-        (job / FAILED_FILE).write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+        (job / layout.FAILED).write_text(json.dumps({"error": "RuntimeError: out of memory"}))
         return
     scores = scores_table(arch, seed)
     scores.to_csv(job / "segmentation_scores.csv", index=False)
