@@ -60,12 +60,15 @@ lint:
 docs:
 	$(BIN)/mkdocs build --strict
 
+# One worker per core (at most 4: each worker trains the session's tiny fixtures once); --dist loadscope keeps
+# a test file's module fixtures (a training, an export) on one worker. `pytest -x -q` runs it all serially.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadscope
 test:
-	$(BIN)/python -m pytest -x -q
+	$(BIN)/python -m pytest -x -q $(PYTEST_WORKERS)
 
 # Without the real trainings and sweeps.
 test-fast:
-	$(BIN)/python -m pytest -x -q -m "not slow and not bench"
+	$(BIN)/python -m pytest -x -q $(PYTEST_WORKERS) -m "not slow and not bench"
 
 # Speed and memory measured on this machine, one table (docs/performance.md); asserts nothing.
 # make bench ARGS="--json bench.json --rss-n 20000"
