@@ -102,7 +102,7 @@ def build_report(
     calibration, calibration_rows = calibration_table(sets, jobs, n_boot)
     operating_point, rules = operating_point_table(sets, jobs)
     failed = int((~ok_mask).sum())
-    found = findings([r.set_result() for r in reports], classes, mask_area, failed, bool(operating_point))
+    found = findings([r.set_result() for r in reports], classes, mask_area, failed, bool(operating_point), ok)
     cards = write_model_cards(jobs, list(external), found, sweep_dir, n_boot)
     content = ReportContent(
         internal, external, figures, found, calibration, operating_point, rules, mask_area, cards

@@ -190,15 +190,36 @@ def shortcut_warnings(results: list[SetResult]) -> list[Finding]:
     return lines
 
 
+def unmet_rule_warnings(jobs: pd.DataFrame) -> list[Finding]:
+    """One warning per model with runs whose threshold rule (eval.threshold_rule) could not be met on
+    validation: covidseg.inference.thresholds then falls back to the fixed threshold and records the rule it
+    was asked for (operating_point/requested_rule) and why (operating_point/note)."""
+    if "operating_point/requested_rule" not in jobs:
+        return []
+    unmet = jobs[jobs["operating_point/requested_rule"].notna()]
+    found = []
+    for (model, input_), runs in unmet.groupby(["backbone", "input"], sort=False):
+        rules = ", ".join(sorted(set(runs["operating_point/requested_rule"].astype(str))))
+        note = runs["operating_point/note"].dropna().astype(str)
+        text = (
+            f"**Threshold rule not met:** `{model}` {input_}: {len(runs)} run(s) asked for {rules} on "
+            f"validation, which could not be met{f' ({note.iloc[0]})' if len(note) else ''}; their threshold "
+            "metrics use the fixed threshold (operating_point/threshold in metrics.json)."
+        )
+        found.append(Finding(text, frozenset({(model, input_)})))
+    return found
+
+
 def findings(
     results: list[SetResult],
     classes: list[str],
     mask_area: AreaByClass | None,
     failed: int,
     operating_point: bool = False,
+    jobs: pd.DataFrame | None = None,
 ) -> list[Finding]:
-    """Every warning of the summary, in order: collapsed models, the shortcut control, models that do not
-    carry over, masks that remove the finding, failed jobs.
+    """Every warning of the summary, in order: collapsed models, threshold rules not met on validation, the
+    shortcut control, models that do not carry over, masks that remove the finding, failed jobs.
 
     Args:
         results: the internal test set first, then every external set.
@@ -206,8 +227,10 @@ def findings(
         mask_area: the lung area per class of the sweep's masks, None without masked jobs.
         failed: the number of failed jobs.
         operating_point: whether the report has an operating-point table.
+        jobs: the finished jobs with their metrics (collect_jobs), for the threshold rules.
     """
-    found = collapsed_warnings(results, classes, operating_point) + shortcut_warnings(results)
+    found = collapsed_warnings(results, classes, operating_point)
+    found += unmet_rule_warnings(jobs if jobs is not None else pd.DataFrame()) + shortcut_warnings(results)
     if mask_area is not None and mask_area.warning():
         masked = {g for r in results for g in r.test_sets if g[1] != "raw"}
         found.append(Finding(f"**Masks may remove the finding:** {mask_area.warning()}", frozenset(masked)))

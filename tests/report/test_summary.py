@@ -15,6 +15,7 @@ from covidseg.errors import UserError
 from covidseg.masks.area import format_p
 from covidseg.report import build_report
 from covidseg.report.collect import collect_jobs
+from covidseg.report.summary import unmet_rule_warnings
 from covidseg.stats.binary import proportion_counts, wilson_interval
 from covidseg.stats.delong import delong_pooled_difference
 from tests.report.conftest import MODELS, THRESHOLD
@@ -136,3 +137,21 @@ def test_a_sweep_of_raw_jobs_only_says_it_compares_nothing(tmp_path):
     assert "**Question:** none: every job of this sweep saw raw input" in summary
     assert "_Nothing to compare" in summary and "No shortcut control" in summary
     assert "p (bootstrap)" not in text and (tmp_path / "sweep" / "model_cards" / "resnet18_raw.md").is_file()
+
+
+def test_a_threshold_rule_not_met_on_validation_is_a_warning_naming_the_model():
+    jobs = pd.DataFrame(
+        {
+            "backbone": ["resnet18", "resnet18", "densenet121"],
+            "input": ["raw", "raw", "segmented"],
+            "operating_point/requested_rule": ["youden", None, None],
+            "operating_point/note": ["the best point calls every validation image one class", None, None],
+        }
+    )
+    (found,) = unmet_rule_warnings(jobs)
+    assert found.models == {("resnet18", "raw")}
+    assert (
+        "`resnet18` raw: 1 run(s) asked for youden" in found.text and "every validation image" in found.text
+    )
+    assert unmet_rule_warnings(jobs.drop(columns=["operating_point/requested_rule"])) == []
+    assert unmet_rule_warnings(jobs.iloc[1:]) == []
