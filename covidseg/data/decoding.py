@@ -93,13 +93,7 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
             # PIL only warns when it cannot read the EXIF block: the orientation is then unknown
             warnings.filterwarnings("error", "Corrupt EXIF", UserWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if min(width, height) < min_side:
-                    raise BadImage(
-                        f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} "
-                        "px on each side (a smaller image holds no usable X-ray detail).",
-                        "too_small",
-                    )
+                _check_min_side(path, *image.size, min_side)
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         problem = f"Image {path} is too large to decode safely: {err}"
@@ -111,6 +105,15 @@ def open_checked(path: str | Path, data: bytes, min_side: int = 0) -> Iterator[I
         raise BadImage(f"Cannot read image {path}: not in a format PIL can read.", "unreadable") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise BadImage(f"Cannot read image {path}: {err}.", "unreadable") from err
+
+
+def _check_min_side(path: str | Path, width: int, height: int, min_side: int) -> None:
+    if min(width, height) < min_side:
+        raise BadImage(
+            f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} px on each side "
+            "(a smaller image holds no usable X-ray detail).",
+            "too_small",
+        )
 
 
 @contextmanager
@@ -162,12 +165,7 @@ def check_size(path: str | Path, width: int, height: int, min_side: int = 0) -> 
         BadImage: a side under `min_side` (too_small), or more pixels than Image.MAX_IMAGE_PIXELS as it is
             now (too_large).
     """
-    if min(width, height) < min_side:
-        raise BadImage(
-            f"Image {path} is {width}x{height} px; covidseg needs at least {min_side} px on each side "
-            "(a smaller image holds no usable X-ray detail).",
-            "too_small",
-        )
+    _check_min_side(path, width, height, min_side)
     limit = Image.MAX_IMAGE_PIXELS  # read now: a caller may have changed it since the entry was recorded
     if limit and width * height > limit:
         raise BadImage(
