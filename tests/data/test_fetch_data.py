@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import sys
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -208,7 +209,7 @@ def test_network_failure_names_the_url(fd, tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(fd.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     assert fd.main(["--out", str(tmp_path / "data"), "--only", "lungs"]) == 1
     err = capsys.readouterr().err
     assert "https://github.com/pi-null-mezon/OpenIST/archive/refs/heads/master.zip" in err
