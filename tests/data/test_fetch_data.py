@@ -179,7 +179,8 @@ def test_main_end_to_end_with_fake_downloads(fd, tmp_path):
         return dest
 
     out, keep = tmp_path / "data", tmp_path / "keep"
-    assert fd.main(["--out", str(out), "--keep-downloads", str(keep)], fetch=fake_fetch) == 0
+    only = ["--only", "covid-cxr", "lungs"]  # test_fetch_more_data.py builds all four
+    assert fd.main(["--out", str(out), "--keep-downloads", str(keep), *only], fetch=fake_fetch) == 0
     covid = pd.read_csv(out / "covid-cxr" / "metadata.csv")
     assert list(covid.columns) == fd.COVID_COLUMNS and len(covid) == 6
     lungs = pd.read_csv(out / "lungs" / "metadata.csv")
@@ -193,7 +194,7 @@ def test_main_end_to_end_with_fake_downloads(fd, tmp_path):
     ]
 
     calls.clear()  # a second run skips both sets; --force rebuilds from the kept downloads
-    assert fd.main(["--out", str(out)], fetch=fake_fetch) == 0
+    assert fd.main(["--out", str(out), *only], fetch=fake_fetch) == 0
     assert calls == []
     assert (
         fd.main(
