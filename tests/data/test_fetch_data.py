@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import sys
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -178,7 +179,8 @@ def test_main_end_to_end_with_fake_downloads(fd, tmp_path):
         return dest
 
     out, keep = tmp_path / "data", tmp_path / "keep"
-    assert fd.main(["--out", str(out), "--keep-downloads", str(keep)], fetch=fake_fetch) == 0
+    only = ["--only", "covid-cxr", "lungs"]  # test_fetch_more_data.py builds all four
+    assert fd.main(["--out", str(out), "--keep-downloads", str(keep), *only], fetch=fake_fetch) == 0
     covid = pd.read_csv(out / "covid-cxr" / "metadata.csv")
     assert list(covid.columns) == fd.COVID_COLUMNS and len(covid) == 6
     lungs = pd.read_csv(out / "lungs" / "metadata.csv")
@@ -192,7 +194,7 @@ def test_main_end_to_end_with_fake_downloads(fd, tmp_path):
     ]
 
     calls.clear()  # a second run skips both sets; --force rebuilds from the kept downloads
-    assert fd.main(["--out", str(out)], fetch=fake_fetch) == 0
+    assert fd.main(["--out", str(out), *only], fetch=fake_fetch) == 0
     assert calls == []
     assert (
         fd.main(
@@ -208,7 +210,7 @@ def test_network_failure_names_the_url(fd, tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(fd.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     assert fd.main(["--out", str(tmp_path / "data"), "--only", "lungs"]) == 1
     err = capsys.readouterr().err
     assert "https://github.com/pi-null-mezon/OpenIST/archive/refs/heads/master.zip" in err
