@@ -26,11 +26,18 @@ AGGREGATES = ("patient",)
 AGGREGATE_BY = ("mean", "max")
 
 
-def dicom_identifiers(files: Sequence[str]) -> pd.DataFrame | None:
+def dicom_identifiers(files: Sequence[str], readable: Sequence[bool] | None = None) -> pd.DataFrame | None:
     """StudyInstanceUID, SOPInstanceUID and AccessionNumber of each file, read from the DICOM headers alone
     (covidseg.data.dicom.identifiers: no pixel data is read); empty for files that are no DICOM or lack the
-    tag. None when no file has any of them (no columns to add)."""
-    found = [identifiers(f) for f in files]
+    tag. None when no file has any of them (no columns to add).
+
+    Args:
+        files: the files, in the table's order.
+        readable: per file, whether it was read as an image; the others (a FIFO, a folder, a broken link:
+            their rows carry the error) are not opened again, so a FIFO cannot block. None: all.
+    """
+    readable = [True] * len(files) if readable is None else readable
+    found = [identifiers(f) if ok else {} for f, ok in zip(files, readable, strict=True)]
     if not any(found):
         return None
     return pd.DataFrame([{name: ids.get(name, "") for name in IDENTIFIERS} for ids in found])
@@ -39,6 +46,7 @@ def dicom_identifiers(files: Sequence[str]) -> pd.DataFrame | None:
 def _unclashed(name: str, taken: set[str]) -> str:
     while name in taken:
         name = INPUT_PREFIX + name
+    taken.add(name)
     return name
 
 
@@ -54,12 +62,14 @@ def with_reader_columns(
         inputs: input_table's columns of the inputs CSV (same order), None without a CSV.
     """
     parts = [rows.reset_index(drop=True)]
-    dicom = dicom_identifiers(files)
+    dicom = dicom_identifiers(files, list(parts[0]["error"].isna()) if "error" in parts[0] else None)
     if dicom is not None:
         parts.append(dicom)
-    taken = {column for part in parts for column in part.columns}
+    own = {column for part in parts for column in part.columns}
     if inputs is not None and len(inputs.columns):
-        renamed = {c: _unclashed(c, taken) for c in inputs.columns}
+        # a renamed column must take neither covidseg's names nor another input column's
+        taken = own | set(inputs.columns)
+        renamed = {c: _unclashed(c, taken) if c in own else c for c in inputs.columns}
         clashes = {c: new for c, new in renamed.items() if c != new}
         if clashes:
             log.warning(

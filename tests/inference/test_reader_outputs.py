@@ -4,6 +4,7 @@ identifiers, and one row per patient (aggregate=patient)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,31 @@ def test_predictions_keep_the_inputs_columns_and_rename_a_clash(tmp_path):
     # images without a CSV or DICOM: covidseg's columns only
     assert list(with_reader_columns(_rows(2), [str(tmp_path / "a.png")] * 2, None).columns) == list(_rows(2))
     assert input_table(str(tmp_path / "a.png")) is None
+
+
+def test_a_renamed_clash_takes_no_other_input_columns_name_and_unreadable_files_are_not_opened(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for the DICOM identifiers would block forever
+    rows = pd.DataFrame(
+        {
+            "path": ["a.png", str(fifo)],
+            "prob_covid": [0.1, None],
+            "predicted": ["normal", None],
+            "error": [None, f"{fifo} is not a regular file"],
+        }
+    )
+    inputs = pd.DataFrame({"predicted": [1, 2], "input_predicted": [3, 4], "accession": ["A", "B"]})
+    out = with_reader_columns(rows, [str(tmp_path / "a.png"), str(fifo)], inputs)
+    assert list(out.columns) == [
+        "path",
+        "prob_covid",
+        "predicted",
+        "error",
+        "input_input_predicted",
+        "input_predicted",
+        "accession",
+    ]
+    assert list(out["input_input_predicted"]) == [1, 2] and list(out["input_predicted"]) == [3, 4]
 
 
 def test_aggregate_patient_needs_a_csv_with_patient_ids():
