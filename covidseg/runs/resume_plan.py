@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from covidseg.checkpoints import read_checkpoint
@@ -40,6 +41,7 @@ DATA_COLUMNS = ("path", "label", "patient_id", "digest", "split")  # what data_r
 START_AGAIN = "Start a new run (without resume=true) in another hydra.run.dir / hydra.sweep.dir"
 # Not settings of the run: where logs and caches live may differ between machines that resume it.
 IGNORED_KEYS = (RESUME_KEY, "paths.log_dir")
+SEGMENTER_KEY = "segmenter.ckpt_path"
 IGNORED_LEAVES = ("cache_dir",)
 MAX_SHOWN = 6
 _ABSENT = "(absent)"
@@ -133,6 +135,7 @@ def finished_metrics(out_dir: Path) -> dict[str, Any] | None:
 def check_same_config(recorded_config: Path, cfg: DictConfig) -> None:
     """A UserError naming every setting (up to MAX_SHOWN) that differs from the recorded run's."""
     recorded = OmegaConf.to_container(OmegaConf.load(recorded_config), resolve=False)
+    keep_recorded_segmenter(cfg, recorded)
     current = OmegaConf.to_container(cfg, resolve=True)
     differences = config_differences(recorded, current)
     if not differences:
@@ -230,14 +233,41 @@ def _listed(differences: list[str]) -> str:
     return shown + (f" and {len(differences) - MAX_SHOWN} more" if len(differences) > MAX_SHOWN else "")
 
 
+def keep_recorded_segmenter(cfg: DictConfig, recorded: Mapping[str, Any]) -> None:
+    """A resumed job keeps the segmenter its run started with unless the command line names one: the
+    default (conf/segmenter/default.yaml) is the newest finished segmenter run, which may have changed since.
+
+    Args:
+        cfg: the job's config, changed in place (the job then uses the recorded checkpoint).
+        recorded: the run's recorded (resolved) config.
+    """
+    old = (recorded.get("segmenter") or {}).get("ckpt_path")
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if (
+        old is None
+        or "segmenter" not in cfg
+        or any(o.split("=", 1)[0].lstrip("+~") == SEGMENTER_KEY for o in given)
+    ):
+        return
+    cfg.segmenter.ckpt_path = old
+
+
 def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """'key: <recorded> then, <current> now' for every dotted key whose value differs, ignoring
-    IGNORED_KEYS and keys ending in IGNORED_LEAVES."""
+    IGNORED_KEYS, keys ending in IGNORED_LEAVES, and keys the recorded config does not have: settings a
+    later covidseg added (e.g. eval.threshold_rule), which the resumed job takes at their current values
+    (logged); an override of a key that does not exist is refused before (covidseg.runs.checks)."""
     old, new = _flatten(recorded), _flatten(current)
+    added = sorted(key for key in new.keys() - old.keys() if not any(k.startswith(key + ".") for k in old))
+    if added:
+        log.info(
+            "resume=true: settings the run did not have yet, taken as they are now: %s", ", ".join(added)
+        )
     keys = sorted(
         key
         for key in old.keys() | new.keys()
         if key not in IGNORED_KEYS
+        and key not in added
         and key.rsplit(".", 1)[-1] not in IGNORED_LEAVES
         and old.get(key, _ABSENT) != new.get(key, _ABSENT)
     )

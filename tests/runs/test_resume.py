@@ -117,10 +117,34 @@ def test_config_differences_name_the_key_and_both_values():
     }
     current = {"seed": 0, "resume": True, "model": {"optimizer": {"lr": 0.01}}, "paths": {"cache_dir": "/b"}}
     assert config_differences(recorded, current) == ["model.optimizer.lr: 0.002 then, 0.01 now"]
-    assert config_differences({"a": 1}, {"b": [1]}) == [
+    assert config_differences({"a": 1}, {"a": 1, "b": [1]}) == []  # a setting added by a later covidseg
+    assert config_differences({"a": 1, "b": {"c": 1}}, {"b": {"c": 2}}) == [
         "a: 1 then, (absent) now",
-        "b: (absent) then, [1] now",
+        "b.c: 1 then, 2 now",
     ]
+
+
+def test_a_run_started_before_the_operating_point_keys_resumes_with_its_own_segmenter(tmp_path):
+    recorded = {"seed": 0, "resume": False, "segmenter": {"ckpt_path": "/old/best.ckpt"}}
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(recorded))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({f"test/{m}": 0.5 for m in ("acc", "precision", "recall", "specificity", "f1", "auroc")})
+    )
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "resume": True,
+            "eval": {"threshold_rule": "youden", "threshold": None},  # keys newer than the run
+            "segmenter": {"ckpt_path": "/newest/best.ckpt"},  # the default moved to a newer segmenter
+            "callbacks": {"model_checkpoint": {"dirpath": str(tmp_path)}},
+        }
+    )
+    plan = plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=True)
+    assert plan is not None and plan.finished is not None
+    assert cfg.segmenter.ckpt_path == "/old/best.ckpt"  # the job keeps the segmenter it started with
+    cfg.seed = 1
+    with pytest.raises(Exception, match=r"seed: 0 then, 1 now"):
+        plan_resume(cfg, tmp_path, tmp_path / "config_resolved.yaml", sweep_job=True)
 
 
 def test_only_a_complete_metrics_json_counts_as_finished(tmp_path):
