@@ -8,11 +8,14 @@ logs default to places that do not depend on where the package is installed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 from covidseg.outputs import layout
+
+log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _PROJECT_NAME = re.compile(r"""^name\s*=\s*["']covidseg["']""", re.MULTILINE)
@@ -114,8 +117,9 @@ def segmenter_runs(log_dir: str | Path) -> list[Path]:
 
 def default_segmenter_ckpt(log_dir: str | Path) -> str:
     """`${covidseg.segmenter_ckpt:${paths.log_dir}}`, segmenter.ckpt_path's default: best.ckpt of the newest
-    finished segmenter run under `log_dir` (segmenter_runs), else segmenter/default/checkpoints/best.ckpt
-    (which then does not exist, and the error says how to make one).
+    finished segmenter run under `log_dir` (segmenter_runs), else a path under segmenter/no-finished-run/
+    that does not exist, so that the error says how to make one: an unfinished run's best.ckpt (still
+    training, interrupted) is never used by default (a warning names it).
 
     Chosen once per process and log folder: the jobs of a sweep run by one process all get the segmenter the
     first one got, also when another segmenter finishes meanwhile. (The classifier records the segmenter's
@@ -124,7 +128,16 @@ def default_segmenter_ckpt(log_dir: str | Path) -> str:
     if key not in _DEFAULT_SEGMENTERS:
         runs = segmenter_runs(log_dir)
         if not runs:  # not kept: a segmenter trained later in this process is found then
-            return str(Path(log_dir) / SEGMENTER_TASK / "default" / layout.CHECKPOINTS / layout.BEST)
+            root = Path(log_dir) / SEGMENTER_TASK
+            for unfinished in [root / "default", *sorted((root / "runs").glob("*"))]:
+                if (unfinished / layout.CHECKPOINTS / layout.BEST).is_file():
+                    log.warning(
+                        "%s has a best.ckpt but no metrics.json with test/dice (still training, or "
+                        "interrupted): not used as the default segmenter. Let it finish, or give "
+                        "segmenter.ckpt_path=<its best.ckpt> to use it anyway.",
+                        unfinished,
+                    )
+            return str(root / "no-finished-run" / layout.BEST)
         _DEFAULT_SEGMENTERS[key] = str(runs[0] / layout.CHECKPOINTS / layout.BEST)
     return _DEFAULT_SEGMENTERS[key]
 

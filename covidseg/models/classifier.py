@@ -283,9 +283,9 @@ class Classifier(BaseTask):
             return None
         if self.stored_point is not None:
             return dict(self.stored_point)
-        log.info(
-            "The checkpoint stores no operating point (written before covidseg chose one on validation): "
-            "the fixed threshold %s is used.",
+        log.warning(
+            "The checkpoint stores no operating point (written before covidseg chose one on validation, "
+            "or not the run's best.ckpt): the fixed threshold %s is used.",
             POSITIVE_THRESHOLD,
         )
         return {

@@ -68,6 +68,19 @@ def _data_lines(job: pd.Series) -> list[str]:
     ]
 
 
+def _threshold_origin(job: pd.Series, stored: bool) -> str:
+    """Where a card's threshold comes from: a rule chosen on validation, a fixed one (asked for, or the
+    fallback of a rule validation could not meet), or the default of runs that stored none."""
+    if not stored:
+        return " (the fixed default: the run stored no operating point)."
+    requested = job.get("operating_point/requested_rule")
+    if pd.notna(requested):
+        return f" (fixed: the rule `{requested}` could not be met on validation)."
+    if job.get("operating_point/chosen_on") == "val":
+        return f" (rule `{job.get(RULE_KEY)}`, chosen on validation)."
+    return f" (rule `{job.get(RULE_KEY)}`, not chosen on validation)."
+
+
 def write_model_cards(
     jobs: pd.DataFrame, external: list[str], found: list[Finding], out_dir: Path, n_boot: int
 ) -> list[str]:
@@ -108,10 +121,7 @@ def write_model_cards(
             + (f", {float(job['val/auroc']):.3f}" if pd.notna(job.get("val/auroc")) else "")
             + ").",
             *_data_lines(job),
-            f"- Threshold: {threshold:g}"
-            + (
-                f" (rule `{job.get(RULE_KEY)}`, chosen on validation)." if chosen else " (the fixed default)."
-            ),
+            f"- Threshold: {threshold:g}" + _threshold_origin(job, chosen),
             "",
             "## Metrics of this checkpoint\n",
             "AUROC with a 95 % patient-bootstrap interval; sensitivity and specificity at the threshold, "

@@ -43,9 +43,13 @@ def test_the_newest_finished_run_is_found_and_unfinished_ones_are_not(tmp_path):
     assert segmenter_runs(tmp_path) == [new, root / "runs" / "2025-01-01_10-00-00", old]
 
 
-def test_the_default_is_chosen_once_per_process_and_falls_back_to_make_segmenters_folder(tmp_path):
-    fallback = tmp_path / "segmenter" / "default" / "checkpoints" / "best.ckpt"
+def test_the_default_is_chosen_once_per_process_and_never_an_unfinished_run(tmp_path, caplog):
+    fallback = tmp_path / "segmenter" / "no-finished-run" / "best.ckpt"
     assert default_segmenter_ckpt(tmp_path) == str(fallback)  # nothing yet: the error names this path
+    # `make segmenter` still training (or interrupted): its best.ckpt exists, but it is not used
+    _run(tmp_path / "segmenter" / "default", finished=False)
+    assert default_segmenter_ckpt(tmp_path) == str(fallback) and not fallback.exists()
+    assert "segmenter/default has a best.ckpt but no metrics.json" in caplog.text
     first = _run(tmp_path / "segmenter" / "runs" / "a", mtime=1_000_000_000)
     assert default_segmenter_ckpt(tmp_path) == str(first / "checkpoints" / "best.ckpt")
     _run(tmp_path / "segmenter" / "runs" / "b", mtime=2_000_000_000)

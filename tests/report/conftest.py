@@ -62,7 +62,13 @@ def issue19_sweep(sweep: Path) -> Path:
         if (backbone, input_) == ("resnet18", "segmented"):
             rewrite(job, "ext", np.clip(0.5 - 0.4 * (2 * ext["target"].to_numpy() - 1), 0, 1) * 0.9 + 0.05)
         metrics = json.loads((job / "metrics.json").read_text())
-        metrics.update({"operating_point/rule": "youden", "operating_point/threshold": THRESHOLD})
+        metrics.update(
+            {
+                "operating_point/rule": "youden",
+                "operating_point/threshold": THRESHOLD,
+                "operating_point/chosen_on": "val",
+            }
+        )
         metrics["val/auroc"] = 0.8
         metrics.update(operating_point_metrics(pd.read_csv(job / "predictions.csv"), "test/"))
         metrics.update(operating_point_metrics(pd.read_csv(job / "predictions_ext.csv"), "external/ext/"))

@@ -15,6 +15,7 @@ from covidseg.errors import UserError
 from covidseg.masks.area import format_p
 from covidseg.report import build_report
 from covidseg.report.collect import collect_jobs
+from covidseg.report.model_card import _threshold_origin
 from covidseg.report.summary import unmet_rule_warnings
 from covidseg.stats.binary import proportion_counts, wilson_interval
 from covidseg.stats.delong import delong_pooled_difference
@@ -155,3 +156,28 @@ def test_a_threshold_rule_not_met_on_validation_is_a_warning_naming_the_model():
     )
     assert unmet_rule_warnings(jobs.drop(columns=["operating_point/requested_rule"])) == []
     assert unmet_rule_warnings(jobs.iloc[1:]) == []
+
+
+@pytest.mark.parametrize(
+    ("metrics", "stored", "expected"),
+    [
+        (
+            {"operating_point/rule": "youden", "operating_point/chosen_on": "val"},
+            True,
+            "chosen on validation",
+        ),
+        (
+            {"operating_point/rule": "fixed", "operating_point/chosen_on": "eval.threshold"},
+            True,
+            "not chosen",
+        ),
+        (
+            {"operating_point/rule": "fixed", "operating_point/requested_rule": "spec@0.9"},
+            True,
+            "`spec@0.9` could not be met",
+        ),
+        ({}, False, "stored no operating point"),
+    ],
+)
+def test_a_model_card_says_where_its_threshold_comes_from(metrics, stored, expected):
+    assert expected in _threshold_origin(pd.Series(metrics, dtype=object), stored)
