@@ -239,6 +239,17 @@ def findings(
     return found
 
 
+def _no_answer(results: list[SetResult]) -> str:
+    """Why the answer table is empty: more than two classes (AUROC is the binary answer), or no pairs."""
+    tables = [t for r in results for ts in r.test_sets.values() for t in ts.tables.values()]
+    if tables and all(len(prob_columns(t)) > 2 for t in tables):
+        return (
+            "_The AUROC answer needs two classes; with more, compare raw and masked input by the accuracy "
+            "comparison of each test set below._"
+        )
+    return "_Nothing to compare: no model has both raw and compared runs on a common test set._"
+
+
 def summary_block(question: str, results: list[SetResult], found: list[Finding]) -> list[str]:
     """The report's "Summary" section: the question, the answer table and the warnings.
 
@@ -253,7 +264,7 @@ def summary_block(question: str, results: list[SetResult], found: list[Finding])
         f"**Question:** {question}\n",
         "**Answer** (AUROC, mean over runs, 95 % patient-bootstrap intervals; Δ = compared − raw on the same "
         "test patients):\n",
-        answer or "_Nothing to compare: no model has both raw and compared runs on a common test set._",
+        answer or _no_answer(results),
         "",
         "**Warnings**\n",
         *([f"- {f.text}" for f in found] or ["- None."]),

@@ -291,6 +291,7 @@ def test_three_classes_bootstrap_accuracy_only(tmp_path):
     compared = pd.read_csv(sweep / "comparisons.csv")
     assert list(compared.loc[compared["p_bootstrap"].notna(), "metric"]) == ["Accuracy"]
     assert "## Calibration" not in text and not (sweep / "roc_pr.png").exists()
+    assert "The AUROC answer needs two classes" in text.split("## Internal test set")[0]
 
 
 def test_the_report_uses_the_lung_energy_and_cam_arrays_the_jobs_left_without_reloading(tmp_path):
