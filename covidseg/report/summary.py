@@ -198,7 +198,8 @@ def unmet_rule_warnings(jobs: pd.DataFrame) -> list[Finding]:
         return []
     unmet = jobs[jobs["operating_point/requested_rule"].notna()]
     found = []
-    for (model, input_), runs in unmet.groupby(["backbone", "input"], sort=False):
+    model_column = "model" if "model" in unmet else "backbone"  # the report's model names (collect_jobs)
+    for (model, input_), runs in unmet.groupby([model_column, "input"], sort=False):
         rules = ", ".join(sorted(set(runs["operating_point/requested_rule"].astype(str))))
         note = runs["operating_point/note"].dropna().astype(str)
         text = (
