@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
 from covidseg.paths import data_dir
@@ -162,6 +163,7 @@ def run_main(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
         return stop.code
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # the command's job config is not the next test's
         _restore_logging(logging_before)
         sys.argv = argv
         os.chdir(folder)

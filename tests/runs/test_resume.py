@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -124,7 +125,9 @@ def test_config_differences_name_the_key_and_both_values():
     ]
 
 
-def test_a_run_started_before_the_operating_point_keys_resumes_with_its_own_segmenter(tmp_path):
+def test_a_run_started_before_the_operating_point_keys_resumes_with_its_own_segmenter(tmp_path, monkeypatch):
+    # no command line: another test's Hydra job config (its overrides) must not be this job's
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     recorded = {"seed": 0, "resume": False, "segmenter": {"ckpt_path": "/old/best.ckpt"}}
     (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(recorded))
     (tmp_path / "metrics.json").write_text(
