@@ -95,6 +95,12 @@ SEGMENTER_TASK = "segmenter"
 _DEFAULT_SEGMENTERS: dict[str, str] = {}  # log dir -> the segmenter the default chose in this process
 
 
+def _segmenter_folders(log_dir: str | Path) -> list[Path]:
+    """Where segmenter runs that can be the default live: segmenter/default/ and segmenter/runs/<date>/."""
+    root = Path(log_dir) / SEGMENTER_TASK
+    return [root / "default", *sorted((root / "runs").glob("*"))]
+
+
 def segmenter_runs(log_dir: str | Path) -> list[Path]:
     """The finished segmenter runs under `log_dir`, newest first: `segmenter/runs/<date>/` (what
     covidseg-train-segmenter writes by default) and `segmenter/default/` (where `make segmenter` and older
@@ -102,9 +108,8 @@ def segmenter_runs(log_dir: str | Path) -> list[Path]:
     writes once it has tested its best checkpoint (an interrupted or running one has none); newest: by
     that metrics.json's time. Sweeps (`segmenter/multiruns/`) are comparisons: pick one of their jobs
     explicitly."""
-    root = Path(log_dir) / SEGMENTER_TASK
     found = []
-    for run in [root / "default", *sorted((root / "runs").glob("*"))]:
+    for run in _segmenter_folders(log_dir):
         metrics = run / layout.METRICS
         try:
             finished = "test/dice" in json.loads(metrics.read_text())
@@ -128,8 +133,7 @@ def default_segmenter_ckpt(log_dir: str | Path) -> str:
     if key not in _DEFAULT_SEGMENTERS:
         runs = segmenter_runs(log_dir)
         if not runs:  # not kept: a segmenter trained later in this process is found then
-            root = Path(log_dir) / SEGMENTER_TASK
-            for unfinished in [root / "default", *sorted((root / "runs").glob("*"))]:
+            for unfinished in _segmenter_folders(log_dir):
                 if (unfinished / layout.CHECKPOINTS / layout.BEST).is_file():
                     log.warning(
                         "%s has a best.ckpt but no metrics.json with test/dice (still training, or "
@@ -137,7 +141,7 @@ def default_segmenter_ckpt(log_dir: str | Path) -> str:
                         "segmenter.ckpt_path=<its best.ckpt> to use it anyway.",
                         unfinished,
                     )
-            return str(root / "no-finished-run" / layout.BEST)
+            return str(Path(log_dir) / SEGMENTER_TASK / "no-finished-run" / layout.BEST)
         _DEFAULT_SEGMENTERS[key] = str(runs[0] / layout.CHECKPOINTS / layout.BEST)
     return _DEFAULT_SEGMENTERS[key]
 
