@@ -137,6 +137,11 @@ def check_same_config(recorded_config: Path, cfg: DictConfig) -> None:
     recorded = OmegaConf.to_container(OmegaConf.load(recorded_config), resolve=False)
     keep_recorded_segmenter(cfg, recorded)
     current = OmegaConf.to_container(cfg, resolve=True)
+    added = _added_keys(_flatten(recorded), _flatten(current))
+    if added:  # logged once per resume here, not by each comparison (check_checkpoint_config compares too)
+        log.info(
+            "resume=true: settings the run did not have yet, taken as they are now: %s", ", ".join(added)
+        )
     differences = config_differences(recorded, current)
     if not differences:
         return
@@ -256,13 +261,10 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
     """'key: <recorded> then, <current> now' for every dotted key whose value differs, ignoring
     IGNORED_KEYS, keys ending in IGNORED_LEAVES, and keys the recorded config does not have: settings a
     later covidseg added (e.g. eval.threshold_rule), which the resumed job takes at their current values
-    (logged); an override of a key that does not exist is refused before (covidseg.runs.checks)."""
+    (check_same_config logs them); an override of a key that does not exist is refused before
+    (covidseg.runs.checks)."""
     old, new = _flatten(recorded), _flatten(current)
-    added = sorted(key for key in new.keys() - old.keys() if not any(k.startswith(key + ".") for k in old))
-    if added:
-        log.info(
-            "resume=true: settings the run did not have yet, taken as they are now: %s", ", ".join(added)
-        )
+    added = _added_keys(old, new)
     keys = sorted(
         key
         for key in old.keys() | new.keys()
@@ -272,6 +274,11 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
         and old.get(key, _ABSENT) != new.get(key, _ABSENT)
     )
     return [f"{key}: {_show(old.get(key, _ABSENT))} then, {_show(new.get(key, _ABSENT))} now" for key in keys]
+
+
+def _added_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Flattened keys the recorded config lacks (settings a later covidseg added)."""
+    return sorted(key for key in new.keys() - old.keys() if not any(k.startswith(key + ".") for k in old))
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
